@@ -1,0 +1,206 @@
+"""The ``segen`` command: LightningCLI with segen's defaults.
+
+``segen fit|validate|test|predict -c CONFIG [--key value ...]``. Models and data modules are chosen by ``class_path``
+in the YAML; shape arguments (``num_classes``, ``in_channels``) are linked from the data module to the model, so they
+are typed once. What LightningCLI does not do and segen adds:
+
+- a default ``WandbLogger`` that logs offline when there are no W&B credentials, saying so in one line;
+- a default checkpoint callback that tracks the task's own ``monitor`` metric (e.g. ``val/mIoU``) and keeps ``last``;
+- after ``fit``: the best checkpoint's path and a table of the final validation metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["SegenCLI", "format_metrics_table", "has_wandb_credentials", "main", "wandb_mode"]
+
+# (data module attribute, model argument) pairs linked when the model's class accepts that argument
+SHAPE_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_channels", "in_channels"))
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B could log online: ``WANDB_API_KEY`` is set or ``wandb login`` wrote a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode() -> str:
+    """``online``, ``offline`` or ``disabled``: ``WANDB_MODE`` when set, else online only with credentials."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("offline", "dryrun"):
+        return "offline"
+    if env == "disabled":
+        return "disabled"
+    if env in ("online", "run"):
+        return "online"
+    return "online" if has_wandb_credentials() else "offline"
+
+
+def format_metrics_table(metrics: dict[str, Any], prefix: str = "val/") -> str:
+    """A two-column text table of the metrics whose name starts with ``prefix``, sorted by name."""
+    rows = [(k, float(v)) for k, v in sorted(metrics.items()) if k.startswith(prefix)]
+    if not rows:
+        return f"(no {prefix}* metrics were logged)"
+    width = max(len("metric"), *(len(k) for k, _ in rows))
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ----------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+    return "\n".join(lines)
+
+
+class SegenCLI(LightningCLI):
+    """LightningCLI for any segen task and data module (both chosen by ``class_path``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault(
+            "auto_configure_optimizers", False
+        )  # tasks own their optimizers (one config, not two)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source, target in SHAPE_LINKS:
+            parser.link_arguments(
+                "data",
+                f"model.init_args.{target}",
+                compute_fn=_attribute_getter(source),
+                apply_on="instantiate",
+            )
+
+    # ------------------------------------------------------------------ trainer defaults
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = self._default_logger(config)
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, (list, tuple)) else [configured]
+        user_checkpoint = any(
+            isinstance(c, ModelCheckpoint) for c in configured
+        )  # before Trainer adds its own
+        trainer = super().instantiate_trainer(**kwargs)
+        if not user_checkpoint:
+            self._add_default_checkpoint(trainer)
+        return trainer
+
+    def _default_logger(self, trainer_config: dict[str, Any]) -> WandbLogger:
+        mode = wandb_mode()
+        if mode == "offline":
+            os.environ.setdefault("WANDB_SILENT", "true")  # our one line replaces wandb's several
+            # decided before WandbLogger sets WANDB_MODE itself
+            self._offline_reason = (
+                "WANDB_MODE=offline" if os.environ.get("WANDB_MODE") else "no credentials found"
+            )
+        save_dir = trainer_config.get("default_root_dir") or os.getcwd()
+        os.makedirs(save_dir, exist_ok=True)
+        logger = WandbLogger(
+            project=os.environ.get("WANDB_PROJECT", "segen"),
+            save_dir=str(save_dir),
+            offline=mode == "offline",
+            mode=mode,
+        )
+        # Lightning always passes `anonymous`, which recent wandb versions warn about on every run.
+        logger._wandb_init.pop("anonymous", None)
+        return logger
+
+    def _add_default_checkpoint(self, trainer: Trainer) -> None:
+        """Track the task's ``monitor`` metric and keep ``last.ckpt``, unless the config set a ModelCheckpoint."""
+        monitor = getattr(self.model, "monitor", None)
+        if monitor is None or trainer.fast_dev_run:
+            return
+        metric, mode = monitor
+        checkpoint = ModelCheckpoint(
+            monitor=metric,
+            mode=mode,
+            save_last=True,
+            auto_insert_metric_name=False,
+            filename="best-epoch{epoch:03d}-step{step:06d}",
+        )
+        callbacks = [
+            c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)
+        ]  # replace the plain default
+        trainer.callbacks = [*callbacks, checkpoint]
+
+    # ------------------------------------------------------------------ subcommand hooks
+    def _announce_wandb(self) -> None:
+        logger, reason = self.trainer.logger, getattr(self, "_offline_reason", None)
+        if isinstance(logger, WandbLogger) and reason is not None and not getattr(self, "_announced", False):
+            run = logger.experiment  # creates the run (rank zero only; other ranks get a no-op object)
+            if rank_zero_only.rank == 0 and getattr(run, "dir", None):
+                run_path = Path(run.dir).parent
+                print(
+                    f"W&B: {reason}, logging offline to {run_path}; upload it later with: wandb sync {run_path}",
+                    flush=True,
+                )
+                self._announced = True
+
+    def before_fit(self) -> None:
+        self._announce_wandb()
+
+    def before_validate(self) -> None:
+        self._announce_wandb()
+
+    def before_test(self) -> None:
+        self._announce_wandb()
+
+    @rank_zero_only
+    def after_fit(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+        print()
+        print(f"Best checkpoint: {best or '(none saved)'}")
+        if last:
+            print(f"Last checkpoint: {last}")
+        print("Final validation metrics:")
+        print(format_metrics_table(self.trainer.callback_metrics, "val/"), flush=True)
+
+
+def _attribute_getter(name: str):
+    def get(datamodule: LightningDataModule) -> Any:
+        if not hasattr(datamodule, name):
+            raise AttributeError(
+                f"the data module {type(datamodule).__name__} has no attribute '{name}', which the CLI links to "
+                f"the model's '{name}' argument; add the attribute or give a data module that defines it"
+            )
+        return getattr(datamodule, name)
+
+    return get
+
+
+def _quiet_third_party_noise() -> None:
+    """Hide two messages that every run would print and that say nothing about the run."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning internals
+    # advertisements for other products, on every run
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip:")
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``segen`` console script."""
+    _quiet_third_party_noise()
+    SegenCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Semantic segmentation as a LightningModule: any ``[B,C,H,W] -> [B,K,H,W]`` network, Dice + cross-entropy.
+
+Batches are ``(images, masks)``: images float ``(B, C, H, W)``, masks long ``(B, H, W)`` with ``255`` = ignore.
+Logged: ``train/loss`` (and its parts, e.g. ``train/dice``, ``train/ce``), ``val/loss``, ``val/mIoU``, ``val/dice``,
+``val/acc`` and ``val/IoU_<class>``; the same under ``test/``.
+
+Metrics are dataset-level (one confusion matrix over the whole split, as the Cityscapes and VOC benchmarks define
+mIoU), computed by torchmetrics after ignored pixels are removed: a class absent from both prediction and truth in
+the whole split is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
+
+from segen.losses import build_loss
+from segen.nets.unet import UNet
+
+__all__ = ["NetFactory", "SegmentationTask", "build_net"]
+
+# A network factory: called with the data's shape as keywords, e.g. UNet or functools.partial(UNet, depth=3).
+NetFactory = Callable[[int, int], nn.Module]
+
+
+def build_net(net: NetFactory | nn.Module | None, in_channels: int, num_classes: int) -> nn.Module:
+    """The task's network: ``net`` itself if it is a module, else ``net(in_channels=..., num_classes=...)``."""
+    if net is None:
+        return UNet(in_channels=in_channels, num_classes=num_classes)
+    if isinstance(net, nn.Module):
+        return net
+    if callable(net):
+        module = net(in_channels=in_channels, num_classes=num_classes)
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"the net factory {net!r} returned {type(module).__name__}, expected an nn.Module"
+            )
+        return module
+    raise TypeError(f"net must be an nn.Module, a factory of one, or None; got {type(net).__name__}")
+
+
+class SegmentationTask(LightningModule):
+    """Train a segmentation network with Dice + cross-entropy; ``task(images)`` returns logits.
+
+    Args:
+        num_classes: number of classes ``K`` (linked from the data module by the CLI).
+        in_channels: image channels ``C`` (linked from the data module by the CLI).
+        net: the network, mapping ``(B, C, H, W)`` to ``(B, K, H, W)`` logits: a module, or a factory called as
+            ``net(in_channels=C, num_classes=K)`` (a config ``class_path`` without those two arguments becomes such
+            a factory, so shapes are typed once). Default ``UNet(C, K)``.
+        loss: ``"dice_ce"`` (default), ``"dice"``, ``"ce"`` or ``"focal"``.
+        loss_kwargs: options of that loss, e.g. ``{"dice_weight": 1.0, "ce_weight": 0.5}``.
+        lr: learning rate of the default AdamW optimizer.
+        weight_decay: decoupled weight decay of the default AdamW (not applied to norms and biases).
+        optimizer: replaces the default optimizer entirely (``lr``/``weight_decay`` are then unused).
+        scheduler: replaces the default schedule (stepped every optimizer step).
+        warmup_steps: linear warm-up of the default schedule, which then decays with a cosine to 0 at the end of
+            training (``trainer.estimated_stepping_batches``); constant after warm-up if training has no set end.
+        ignore_index: mask value excluded from loss and metrics.
+        class_names: names for the per-class IoU logs (default: the data module's ``class_names`` or indices).
+    """
+
+    monitor: tuple[str, str] = ("val/mIoU", "max")  # what the CLI's checkpoint callback tracks
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        net: NetFactory | nn.Module | None = None,
+        loss: str = "dice_ce",
+        loss_kwargs: dict[str, Any] | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 100,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"SegmentationTask: num_classes must be an integer >= 2, got {num_classes!r}")
+        self.save_hyperparameters()
+        # Objects that are not config (a module or callable built in Python) are not stored as hyper-parameters, so
+        # checkpoints stay loadable with weights_only=True. From a config (the CLI) they are stored as class_path dicts
+        # and load_from_checkpoint rebuilds them; from Python, pass net=... again to load_from_checkpoint.
+        for key in ("net", "optimizer", "scheduler"):
+            if key in self.hparams and not isinstance(self.hparams[key], (dict, type(None))):
+                del self.hparams[key]
+        self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
+        self.net = build_net(net, in_channels=in_channels, num_classes=num_classes)
+        self.criterion = build_loss(loss, ignore_index=ignore_index, **(loss_kwargs or {}))
+        self.class_names = list(class_names) if class_names else None
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.val_metrics = self._make_metrics("val")
+        self.test_metrics = self._make_metrics("test")
+
+    # ------------------------------------------------------------------ model
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, K, H, W)`` logits."""
+        return self.net(images)
+
+    def compute_loss(self, logits: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        """Loss and its named parts. Override this one method to change the loss; ``"loss"`` is minimised."""
+        if hasattr(self.criterion, "parts"):
+            return self.criterion.parts(logits, masks)._asdict()
+        return {"loss": self.criterion(logits, masks)}
+
+    # ------------------------------------------------------------------ steps
+    def _check_batch(self, images: Tensor, masks: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SegmentationTask expects images (B, {self.in_channels}, H, W), got {tuple(images.shape)}: "
+                f"the data has {images.shape[1] if images.ndim == 4 else '?'} channels but the model was built "
+                f"with in_channels={self.in_channels}"
+            )
+        if masks.shape != images.shape[:1] + images.shape[2:]:
+            raise ValueError(
+                f"SegmentationTask: mask shape {tuple(masks.shape)} does not match image shape "
+                f"{tuple(images.shape)}; expected masks (B, H, W) = {(images.shape[0], *images.shape[2:])}"
+            )
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        images, masks = batch  # (B, C, H, W), (B, H, W)
+        self._check_batch(images, masks)
+        logits = self(images)  # (B, K, H, W)
+        parts = self.compute_loss(logits, masks)
+        batch_size = images.shape[0]
+        on_step = stage == "train"
+        for name, value in parts.items():
+            self.log(
+                f"{stage}/{name}",
+                value.detach(),
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                sync_dist=not on_step,
+            )
+        return parts["loss"], logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self._shared_step(batch, "train")
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, logits = self._shared_step(batch, "val")
+        self._update_metrics(self.val_metrics, logits, batch[1])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, logits = self._shared_step(batch, "test")
+        self._update_metrics(self.test_metrics, logits, batch[1])
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class maps ``(B, H, W)`` (long). Accepts ``images`` or ``(images, masks)``."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).argmax(dim=1)
+
+    # ------------------------------------------------------------------ metrics
+    def _make_metrics(self, stage: str) -> MetricCollection:
+        k = self.num_classes
+        return MetricCollection(
+            {
+                "mIoU": MulticlassJaccardIndex(k, average="macro", validate_args=False),
+                "IoU": MulticlassJaccardIndex(k, average="none", validate_args=False),
+                "dice": MulticlassF1Score(k, average="macro", validate_args=False),
+                "acc": MulticlassAccuracy(k, average="micro", validate_args=False),
+            },
+            prefix=f"{stage}/",
+        )
+
+    def _update_metrics(self, metrics: MetricCollection, logits: Tensor, masks: Tensor) -> None:
+        valid = masks != self.ignore_index  # torchmetrics' segmentation metrics reject 255: drop those pixels
+        metrics.update(logits.argmax(dim=1)[valid], masks[valid])
+
+    def _log_metrics(self, metrics: MetricCollection, stage: str) -> None:
+        values = metrics.compute()  # already reduced over all ranks by torchmetrics
+        per_class = values.pop(f"{stage}/IoU")
+        names = self.class_names or [str(i) for i in range(self.num_classes)]
+        values.update({f"{stage}/IoU_{n}": v for n, v in zip(names, per_class)})
+        # identical on every rank; sync_dist only tells Lightning so (a mean of equal values) instead of warning
+        self.log_dict(values, sync_dist=True)
+        metrics.reset()
+
+    def setup(self, stage: str) -> None:
+        if self.class_names is None and self._trainer is not None:
+            names = getattr(self.trainer.datamodule, "class_names", None)
+            if names is not None and len(names) == self.num_classes:
+                self.class_names = list(names)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_fn is not None:
+            optimizer = self.optimizer_fn(self.parameters())
+        else:
+            optimizer = torch.optim.AdamW(param_groups(self, self.hparams.weight_decay), lr=self.hparams.lr)
+        if self.scheduler_fn is not None:
+            scheduler = self.scheduler_fn(optimizer)
+        else:
+            scheduler = warmup_cosine(optimizer, self.hparams.warmup_steps, self._total_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int | None:
+        try:
+            total = self.trainer.estimated_stepping_batches
+        except Exception:  # no trainer attached, or a loader without length
+            return None
+        return int(total) if math.isfinite(total) else None
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: weight decay on weight matrices and kernels only, never on norms or biases."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then a cosine decay to 0 at ``total_steps`` (constant if ``None``)."""
+    warmup_steps = max(0, int(warmup_steps))
+    if total_steps is not None:
+        warmup_steps = min(warmup_steps, total_steps // 10)  # short runs (fast_dev_run, tests) still decay
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps is None or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

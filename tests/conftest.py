@@ -1,0 +1,31 @@
+"""Shared fixtures: keep every test offline, deterministic and free of environment leaks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
+    """Restore os.environ after each test (WandbLogger writes WANDB_MODE into it) and hide real W&B credentials."""
+    saved = dict(os.environ)
+    home = tmp_path_factory.mktemp("home")
+    os.environ["HOME"] = str(home)  # no ~/.netrc: W&B has no credentials
+    os.environ["WANDB_DIR"] = str(home)
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT", "NETRC"):
+        os.environ.pop(key, None)
+    torch.manual_seed(0)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

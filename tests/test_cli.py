@@ -1,0 +1,217 @@
+"""The `segen` command end to end: links, logging (W&B offline, TensorBoard, CSV), checkpoints, DDP."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from segen import SegmentationTask
+from segen.cli import SegenCLI, format_metrics_table, has_wandb_credentials, main, wandb_mode
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "experiments" / "configs" / "unet_shapes.yaml"
+# a short real run: 3 optimizer steps, one validation at the end, tiny data
+SHORT = [
+    "--trainer.max_steps=3",
+    "--trainer.val_check_interval=3",
+    "--trainer.limit_val_batches=2",
+    "--data.num_train=48",
+    "--data.num_val=16",
+    "--data.image_size=32",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def run_segen(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 240):
+    """The installed console script, in a fresh process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "segen.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(["segen", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out.stdout
+
+
+def test_shape_arguments_are_linked_from_the_data_module(tmp_path):
+    cli = SegenCLI(
+        args=[
+            "-c",
+            str(CONFIG),
+            "--data.num_classes=6",
+            "--data.image_size=32",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        run=False,
+    )
+    assert cli.model.num_classes == 6 and cli.model.in_channels == 3
+    assert cli.model.net.num_classes == 6 and cli.model.net.in_channels == 3  # the net factory got them too
+    assert cli.model.net.depth == 3  # and kept its own config
+
+
+def test_fit_without_credentials_logs_offline_in_one_line_and_prints_results(tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_DIR": str(tmp_path)}
+    env.pop("WANDB_MODE", None)
+    result = run_segen(
+        ["fit", "-c", str(CONFIG), *SHORT, f"--trainer.default_root_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if v},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    wandb_lines = [line for line in out.splitlines() if "offline" in line.lower() and "w&b" in line.lower()]
+    assert len(wandb_lines) == 1, out[-3000:]
+    line = wandb_lines[0]
+    assert "no credentials found" in line and "wandb sync" in line
+    run_dir = Path(tmp_path, re.search(r"wandb sync (\S+)", line).group(1))
+    assert run_dir.is_dir() and any(run_dir.glob("*.wandb"))
+    # the end-of-fit report: best checkpoint path and the final validation metrics
+    best = Path(tmp_path, re.search(r"Best checkpoint: (\S+)", result.stdout).group(1))
+    assert best.is_file() and best.suffix == ".ckpt"
+    assert (best.parent / "last.ckpt").is_file()
+    table = result.stdout.split("Final validation metrics:")[1]
+    for name in ("val/mIoU", "val/dice", "val/loss"):
+        assert re.search(rf"{re.escape(name)}\s+\d\.\d{{4}}", table), table
+    # image grids as PNG in the run's folder, and as W&B media
+    assert list(best.parent.parent.glob("images/val_predictions_*.png"))
+    assert list(run_dir.glob("files/media/images/**/*.png"))
+    # a checkpoint written by the CLI loads with no other argument, net included
+    model = SegmentationTask.load_from_checkpoint(best)
+    assert model.net.depth == 3 and model.num_classes == 4
+
+
+def test_wandb_mode_is_respected(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    assert not has_wandb_credentials() and wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert has_wandb_credentials() and wandb_mode() == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "y" * 40 + "\n")
+    os.chmod(tmp_path / ".netrc", 0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert has_wandb_credentials()
+
+
+@pytest.mark.parametrize(
+    ("logger", "pattern"),
+    [("TensorBoardLogger", "**/events.out.tfevents.*"), ("CSVLogger", "**/metrics.csv")],
+)
+def test_trainer_logger_switches_backend(logger, pattern, tmp_path, capsys):
+    main(
+        [
+            "fit",
+            "-c",
+            str(CONFIG),
+            *SHORT,
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger={logger}",
+            f"--trainer.logger.save_dir={tmp_path / 'logs'}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "W&B" not in out
+    assert list((tmp_path / "logs").glob(pattern))
+    assert list((tmp_path / "logs").glob("**/images/val_predictions_*.png"))
+    if logger == "CSVLogger":
+        text = next((tmp_path / "logs").glob(pattern)).read_text()
+        assert "val/mIoU" in text and "train/loss" in text
+
+
+def test_validate_test_and_predict_subcommands_use_a_checkpoint(tmp_path, capsys):
+    args = [
+        "-c",
+        str(CONFIG),
+        *SHORT,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=CSVLogger",
+        f"--trainer.logger.save_dir={tmp_path}",
+    ]
+    main(["fit", *args])
+    best = re.search(r"Best checkpoint: (\S+)", capsys.readouterr().out).group(1)
+    main(["validate", *args, f"--ckpt_path={best}"])
+    main(["test", *args, f"--ckpt_path={best}"])
+    out = capsys.readouterr().out
+    assert "val/mIoU" in out and "test/mIoU" in out
+    cli = SegenCLI(args=["predict", *args, f"--ckpt_path={best}", "--data.num_test=8"])
+    predictions = cli.trainer.predict_loop.predictions
+    assert predictions and predictions[0].dtype == torch.long and predictions[0].shape[1:] == (32, 32)
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """2-process DDP (gloo) through the real CLI: both ranks train, rank 0 writes the checkpoint."""
+    result = run_segen(
+        [
+            "fit",
+            "-c",
+            str(CONFIG),
+            *SHORT,
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+            "--data.num_train=96",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "GLOBAL_RANK: 1" in result.stderr
+        or "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in result.stderr
+    )
+    best = Path(re.search(r"Best checkpoint: (\S+)", result.stdout).group(1))
+    best = best if best.is_absolute() else tmp_path / best
+    state = torch.load(best, weights_only=True)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert result.stdout.count("Final validation metrics:") == 1  # printed by rank zero only
+
+
+def test_config_is_saved_next_to_the_run(tmp_path):
+    main(
+        [
+            "fit",
+            "-c",
+            str(CONFIG),
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+        ]
+    )
+    saved = list(tmp_path.glob("**/config.yaml"))
+    assert saved
+    config = yaml.safe_load(saved[0].read_text())
+    assert config["model"]["init_args"]["num_classes"] == 4  # the linked value is recorded
+
+
+def test_metrics_table_format():
+    table = format_metrics_table({"val/mIoU": torch.tensor(0.91234), "train/loss": 1.0, "val/dice": 0.5})
+    assert table.splitlines()[2:] == ["val/dice  0.5000", "val/mIoU  0.9123"]
+    assert format_metrics_table({}) == "(no val/* metrics were logged)"
