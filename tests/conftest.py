@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Restore os.environ after each test (WandbLogger writes WANDB_MODE into it) and hide real W&B credentials."""
     saved = dict(os.environ)
     home = tmp_path_factory.mktemp("home")
@@ -20,6 +21,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
     os.environ["WANDB_DIR"] = str(home)
     for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT", "NETRC"):
         os.environ.pop(key, None)
+    monkeypatch.setattr(sys, "argv", ["segen"])  # in-process CLI runs must not see pytest's own arguments
     torch.manual_seed(0)
     yield
     os.environ.clear()

@@ -65,7 +65,7 @@ def test_shape_arguments_are_linked_from_the_data_module(tmp_path):
     )
     assert cli.model.num_classes == 6 and cli.model.in_channels == 3
     assert cli.model.net.num_classes == 6 and cli.model.net.in_channels == 3  # the net factory got them too
-    assert cli.model.net.depth == 3  # and kept its own config
+    assert cli.model.net.depth == 4  # and kept its own config
 
 
 def test_fit_without_credentials_logs_offline_in_one_line_and_prints_results(tmp_path):
@@ -96,7 +96,7 @@ def test_fit_without_credentials_logs_offline_in_one_line_and_prints_results(tmp
     assert list(run_dir.glob("files/media/images/**/*.png"))
     # a checkpoint written by the CLI loads with no other argument, net included
     model = SegmentationTask.load_from_checkpoint(best)
-    assert model.net.depth == 3 and model.num_classes == 4
+    assert model.net.depth == 4 and model.num_classes == 4
 
 
 def test_wandb_mode_is_respected(monkeypatch, tmp_path):
@@ -199,7 +199,7 @@ def test_config_is_saved_next_to_the_run(tmp_path):
             "fit",
             "-c",
             str(CONFIG),
-            "--trainer.fast_dev_run=1",
+            *SHORT,
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=CSVLogger",
             f"--trainer.logger.save_dir={tmp_path}",
@@ -208,7 +208,11 @@ def test_config_is_saved_next_to_the_run(tmp_path):
     saved = list(tmp_path.glob("**/config.yaml"))
     assert saved
     config = yaml.safe_load(saved[0].read_text())
-    assert config["model"]["init_args"]["num_classes"] == 4  # the linked value is recorded
+    assert config["data"]["init_args"]["num_classes"] == 4
+    assert "num_classes" not in config["model"]["init_args"]  # linked at instantiation: typed once, in data
+    assert config["model"]["init_args"]["net"]["class_path"] == "segen.UNet"
+    hparams = yaml.safe_load(next(tmp_path.glob("**/hparams.yaml")).read_text())
+    assert hparams["num_classes"] == 4  # the model's record holds the linked value
 
 
 def test_metrics_table_format():

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -369,10 +369,34 @@ def focal_loss(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class DiceLoss(nn.Module):
-    """Module form of :func:`dice_loss`; ``forward(logits (B,K,H,W), target (B,H,W)) -> scalar``."""
+class _LossModule(nn.Module):
+    """Holds the keyword options of a loss function; ``forward(logits, target)`` calls the function with them.
 
-    class_weights: Tensor | None
+    Per-class weight options become non-persistent buffers: they follow ``.to(device)`` but stay out of the
+    ``state_dict``, since they are configuration, not learned state.
+    """
+
+    _weight_options: tuple[str, ...] = ("class_weights",)
+
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        super().__init__()
+        self._fn = fn
+        for name in self._weight_options:
+            self.register_buffer(name, _weights_buffer(name, options.pop(name)), persistent=False)
+        self.options = options
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {**self.options, **{name: getattr(self, name) for name in self._weight_options}}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return self._fn(logits, target, **self._kwargs())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.options.items() if k != "validate")
+
+
+class DiceLoss(_LossModule):
+    """Module form of :func:`dice_loss`; ``forward(logits (B,K,H,W), target (B,H,W)) -> scalar``."""
 
     def __init__(
         self,
@@ -384,41 +408,20 @@ class DiceLoss(nn.Module):
         class_weights: Sequence[float] | Tensor | None = None,
         validate: bool = True,
     ) -> None:
-        super().__init__()
         _check_smooth(smooth)
-        self.ignore_index = ignore_index
-        self.smooth = smooth
-        self.batch = batch
-        self.include_background = include_background
-        self.validate = validate
-        # not persistent: the weights are constructor arguments (the config), not learned state
-        self.register_buffer(
-            "class_weights", _weights_buffer("class_weights", class_weights), persistent=False
-        )
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return dice_loss(
-            logits,
-            target,
-            ignore_index=self.ignore_index,
-            smooth=self.smooth,
-            batch=self.batch,
-            include_background=self.include_background,
-            class_weights=self.class_weights,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"ignore_index={self.ignore_index}, smooth={self.smooth}, batch={self.batch}, "
-            f"include_background={self.include_background}"
+        super().__init__(
+            dice_loss,
+            ignore_index=ignore_index,
+            smooth=smooth,
+            batch=batch,
+            include_background=include_background,
+            class_weights=class_weights,
+            validate=validate,
         )
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(_LossModule):
     """Module form of :func:`cross_entropy_loss`: torch's ignore semantics, but 0 when all pixels are ignored."""
-
-    class_weights: Tensor | None
 
     def __init__(
         self,
@@ -427,30 +430,13 @@ class CrossEntropyLoss(nn.Module):
         class_weights: Sequence[float] | Tensor | None = None,
         validate: bool = True,
     ) -> None:
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.validate = validate
-        self.register_buffer(
-            "class_weights", _weights_buffer("class_weights", class_weights), persistent=False
+        super().__init__(
+            cross_entropy_loss, ignore_index=ignore_index, class_weights=class_weights, validate=validate
         )
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy_loss(
-            logits,
-            target,
-            ignore_index=self.ignore_index,
-            class_weights=self.class_weights,
-            validate=self.validate,
-        )
 
-    def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}"
-
-
-class DiceCELoss(nn.Module):
+class DiceCELoss(_LossModule):
     """Module form of :func:`dice_ce_loss`; ``forward`` returns the scalar loss, ``parts`` all three parts."""
-
-    class_weights: Tensor | None
 
     def __init__(
         self,
@@ -464,51 +450,34 @@ class DiceCELoss(nn.Module):
         include_background: bool = True,
         validate: bool = True,
     ) -> None:
-        super().__init__()
         _check_nonnegative("dice_weight", dice_weight)
         _check_nonnegative("ce_weight", ce_weight)
         if dice_weight == 0 and ce_weight == 0:
             raise ValueError("dice_weight and ce_weight are both 0, so the loss would be constantly 0")
         _check_smooth(smooth)
-        self.dice_weight = dice_weight
-        self.ce_weight = ce_weight
-        self.ignore_index = ignore_index
-        self.smooth = smooth
-        self.batch = batch
-        self.include_background = include_background
-        self.validate = validate
-        self.register_buffer(
-            "class_weights", _weights_buffer("class_weights", class_weights), persistent=False
+        super().__init__(
+            dice_ce_loss,
+            dice_weight=dice_weight,
+            ce_weight=ce_weight,
+            ignore_index=ignore_index,
+            smooth=smooth,
+            class_weights=class_weights,
+            batch=batch,
+            include_background=include_background,
+            validate=validate,
         )
 
     def parts(self, logits: Tensor, target: Tensor) -> DiceCEParts:
-        return dice_ce_loss(
-            logits,
-            target,
-            dice_weight=self.dice_weight,
-            ce_weight=self.ce_weight,
-            ignore_index=self.ignore_index,
-            smooth=self.smooth,
-            class_weights=self.class_weights,
-            batch=self.batch,
-            include_background=self.include_background,
-            validate=self.validate,
-        )
+        return dice_ce_loss(logits, target, **self._kwargs())
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.parts(logits, target).loss
 
-    def extra_repr(self) -> str:
-        return (
-            f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}, ignore_index={self.ignore_index}, "
-            f"smooth={self.smooth}, batch={self.batch}, include_background={self.include_background}"
-        )
 
-
-class FocalLoss(nn.Module):
+class FocalLoss(_LossModule):
     """Module form of :func:`focal_loss`; ``forward(logits, target) -> scalar``."""
 
-    alpha: Tensor | None
+    _weight_options = ("alpha",)
 
     def __init__(
         self,
@@ -518,25 +487,8 @@ class FocalLoss(nn.Module):
         ignore_index: int = 255,
         validate: bool = True,
     ) -> None:
-        super().__init__()
         _check_nonnegative("gamma", gamma)
-        self.gamma = gamma
-        self.ignore_index = ignore_index
-        self.validate = validate
-        self.register_buffer("alpha", _weights_buffer("alpha", alpha), persistent=False)
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return focal_loss(
-            logits,
-            target,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            ignore_index=self.ignore_index,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, ignore_index={self.ignore_index}"
+        super().__init__(focal_loss, gamma=gamma, alpha=alpha, ignore_index=ignore_index, validate=validate)
 
 
 # --------------------------------------------------------------------------------------------------------------

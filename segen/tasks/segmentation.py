@@ -77,7 +77,7 @@ class SegmentationTask(LightningModule):
         net: NetFactory | nn.Module | None = None,
         loss: str = "dice_ce",
         loss_kwargs: dict[str, Any] | None = None,
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         weight_decay: float = 1e-4,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
