@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["SegenCLI", "format_metrics_table", "has_wandb_credentials", "main", "wandb_mode"]
 
-# (data module attribute, model argument) pairs linked when the model's class accepts that argument
+# (data module attribute, task argument) pairs, linked when the classes are instantiated
 SHAPE_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_channels", "in_channels"))
 
 
@@ -72,9 +72,8 @@ class SegenCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault(
-            "auto_configure_optimizers", False
-        )  # tasks own their optimizers (one config, not two)
+        # tasks own their optimizers: one place to configure them, not two
+        kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
@@ -94,9 +93,8 @@ class SegenCLI(LightningCLI):
             kwargs["logger"] = self._default_logger(config)
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, (list, tuple)) else [configured]
-        user_checkpoint = any(
-            isinstance(c, ModelCheckpoint) for c in configured
-        )  # before Trainer adds its own
+        # checked before the Trainer adds its own default ModelCheckpoint to the same list
+        user_checkpoint = any(isinstance(c, ModelCheckpoint) for c in configured)
         trainer = super().instantiate_trainer(**kwargs)
         if not user_checkpoint:
             self._add_default_checkpoint(trainer)
@@ -135,10 +133,9 @@ class SegenCLI(LightningCLI):
             auto_insert_metric_name=False,
             filename="best-epoch{epoch:03d}-step{step:06d}",
         )
-        callbacks = [
-            c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)
-        ]  # replace the plain default
-        trainer.callbacks = [*callbacks, checkpoint]
+        # replaces the Trainer's plain default (which tracks nothing)
+        others = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        trainer.callbacks = [*others, checkpoint]
 
     # ------------------------------------------------------------------ subcommand hooks
     def _announce_wandb(self) -> None:
