@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
 from segen import SegmentationTask, ShapesDataModule, UNet
-from segen.tasks.segmentation import param_groups, warmup_cosine
+from segen.tasks.optim import param_groups, warmup_cosine
 
 
 def make_batches(n: int, batch_size: int, image_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

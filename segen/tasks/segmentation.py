@@ -11,19 +11,19 @@ the whole split is left out of the mean.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 
+from segen.inference import sliding_window
 from segen.losses import build_loss
 from segen.nets.unet import UNet
+from segen.tasks.optim import configure_optimizers
 
 __all__ = ["NetFactory", "SegmentationTask", "build_net"]
 
@@ -66,6 +66,9 @@ class SegmentationTask(LightningModule):
             training (``trainer.estimated_stepping_batches``); constant after warm-up if training has no set end.
         ignore_index: mask value excluded from loss and metrics.
         class_names: names for the per-class IoU logs (default: the data module's ``class_names`` or indices).
+        val_window: when set, validation and test run sliding-window inference with this square window (for
+            images larger than the training crop, e.g. Cityscapes' 1024x2048), Gaussian-blended with
+            ``val_overlap``; training is unchanged.
     """
 
     monitor: tuple[str, str] = ("val/mIoU", "max")  # what the CLI's checkpoint callback tracks
@@ -84,6 +87,8 @@ class SegmentationTask(LightningModule):
         warmup_steps: int = 100,
         ignore_index: int = 255,
         class_names: list[str] | None = None,
+        val_window: int | None = None,
+        val_overlap: float = 0.25,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -131,7 +136,11 @@ class SegmentationTask(LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, masks = batch  # (B, C, H, W), (B, H, W)
         self._check_batch(images, masks)
-        logits = self(images)  # (B, K, H, W)
+        window = self.hparams.get("val_window")
+        if stage != "train" and window is not None:
+            logits = sliding_window(self, images, window, overlap=self.hparams.val_overlap)  # (B, K, H, W)
+        else:
+            logits = self(images)  # (B, K, H, W)
         parts = self.compute_loss(logits, masks)
         batch_size = images.shape[0]
         on_step = stage == "train"
@@ -204,45 +213,7 @@ class SegmentationTask(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        if self.optimizer_fn is not None:
-            optimizer = self.optimizer_fn(self.parameters())
-        else:
-            optimizer = torch.optim.AdamW(param_groups(self, self.hparams.weight_decay), lr=self.hparams.lr)
-        if self.scheduler_fn is not None:
-            scheduler = self.scheduler_fn(optimizer)
-        else:
-            scheduler = warmup_cosine(optimizer, self.hparams.warmup_steps, self._total_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _total_steps(self) -> int | None:
-        try:
-            total = self.trainer.estimated_stepping_batches
-        except Exception:  # no trainer attached, or a loader without length
-            return None
-        return int(total) if math.isfinite(total) else None
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two parameter groups: weight decay on weight matrices and kernels only, never on norms or biases."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps``, then a cosine decay to 0 at ``total_steps`` (constant if ``None``)."""
-    warmup_steps = max(0, int(warmup_steps))
-    if total_steps is not None:
-        warmup_steps = min(warmup_steps, total_steps // 10)  # short runs (fast_dev_run, tests) still decay
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if total_steps is None or total_steps <= warmup_steps:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        hp = self.hparams
+        return configure_optimizers(
+            self, self.optimizer_fn, self.scheduler_fn, hp.lr, hp.weight_decay, hp.warmup_steps
+        )

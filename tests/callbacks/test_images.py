@@ -28,9 +28,18 @@ def test_grid_png_and_logger_images(tmp_path, logger_cls):
     data = ShapesDataModule(image_size=32, num_train=16, num_val=8, batch_size=8)
     task = SegmentationTask(num_classes=4, net=functools.partial(UNet, base_channels=4, depth=2))
     callback = SegmentationImageLogger(num_images=3)
-    trainer = Trainer(max_steps=2, val_check_interval=2, limit_val_batches=1, logger=logger_cls(tmp_path),
-                      callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, default_root_dir=tmp_path, accelerator="cpu")
+    trainer = Trainer(
+        max_steps=2,
+        val_check_interval=2,
+        limit_val_batches=1,
+        logger=logger_cls(tmp_path),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     trainer.fit(task, data)
     assert callback.last_path is not None and callback.last_path.is_file()
     assert callback.last_path.parent.name == "images"
