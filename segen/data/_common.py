@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from segen.data.loaders import make_loader
 from segen.data.shapes import denormalize
 from segen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
@@ -227,20 +228,16 @@ class SemanticDataModule(LightningDataModule):
         return functools.partial(pad_collate, ignore_index=self.ignore_index)
 
     def _loader(self, dataset: Dataset | None, name: str, stage: str, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(
-                f"{name} does not exist yet: call setup({stage!r}) before asking for its loader"
-            )
-        return DataLoader(
+        return make_loader(
             dataset,
+            name,
+            stage,
             batch_size=self.batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            drop_last=train and len(dataset) >= self.batch_size,
+            seed=self.seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=self._collate_fn(),
+            train=train,
         )
 
     def train_dataloader(self) -> DataLoader:

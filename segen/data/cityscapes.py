@@ -44,6 +44,7 @@ from torchvision.transforms.v2 import functional as F
 
 from segen.data._common import PairDataset, PairTransform, SemanticDataModule, require_layout
 from segen.data.shapes import collate_instances
+from segen.inference.postprocess import boxes_from_masks
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -125,19 +126,12 @@ def instance_target(instance_ids: np.ndarray | Tensor, min_area: int = 1) -> dic
     """Detection target (``boxes``, ``labels``, ``masks``) from a Cityscapes ``instanceIds`` map (see the module
     docstring): ids ``>= 1000`` of the 8 instance classes, labels 1..8, boxes with exclusive ``x2``/``y2``."""
     ids = torch.as_tensor(np.asarray(instance_ids).astype(np.int64))
-    height, width = ids.shape
     values = [v for v in ids.unique().tolist() if v >= 1000 and v // 1000 in _INSTANCE_LABEL_IDS]
     masks = ids.unsqueeze(0) == torch.tensor(values, dtype=torch.long).view(-1, 1, 1)  # [N, H, W]
     keep = masks.flatten(1).sum(1) >= min_area
     masks = masks[keep]
     labels = torch.tensor([_INSTANCE_LABEL_IDS.index(v // 1000) + 1 for v in values], dtype=torch.int64)[keep]
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N, H], [N, W]
-    x1 = cols.int().argmax(dim=1)
-    y1 = rows.int().argmax(dim=1)
-    x2 = width - cols.flip(1).int().argmax(dim=1)
-    y2 = height - rows.flip(1).int().argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).float().reshape(-1, 4)
-    return {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8)}
+    return {"boxes": boxes_from_masks(masks), "labels": labels, "masks": masks.to(torch.uint8)}
 
 
 class CityscapesInstances(Dataset):

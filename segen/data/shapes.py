@@ -45,6 +45,9 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from segen.data.loaders import make_loader
+from segen.inference.postprocess import boxes_from_masks
+
 __all__ = ["SHAPE_NAMES", "ShapesDataModule", "ShapesDataset", "collate_instances", "denormalize"]
 
 SHAPE_NAMES: tuple[str, ...] = (
@@ -360,14 +363,7 @@ class ShapesDataset(Dataset):
         else:
             masks = torch.zeros(0, s, s, dtype=torch.bool)
             labels = torch.zeros(0, dtype=torch.int64)
-        rows = masks.any(dim=2)  # [N, H]
-        cols = masks.any(dim=1)  # [N, W]
-        x1 = cols.int().argmax(dim=1)
-        y1 = rows.int().argmax(dim=1)
-        x2 = s - cols.flip(1).int().argmax(dim=1)
-        y2 = s - rows.flip(1).int().argmax(dim=1)
-        boxes = torch.stack([x1, y1, x2, y2], dim=1).float().reshape(-1, 4)
-        return {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8)}
+        return {"boxes": boxes_from_masks(masks), "labels": labels, "masks": masks.to(torch.uint8)}
 
 
 def _shape_geometry(name: str, size: float, aux: float) -> tuple[float, float, float]:
@@ -534,23 +530,17 @@ class ShapesDataModule(LightningDataModule):
         """Map loader images (``[B, 3, H, W]`` or ``[3, H, W]``) back to ``[0, 1]``."""
         return denormalize(images, self.mean, self.std)
 
-    def _loader(
-        self, dataset: ShapesDataset | None, name: str, stage: str, train: bool = False
-    ) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(
-                f"{name} does not exist yet: call setup({stage!r}) before asking for its loader"
-            )
-        return DataLoader(
+    def _loader(self, dataset: Dataset | None, name: str, stage: str, train: bool = False) -> DataLoader:
+        return make_loader(
             dataset,
+            name,
+            stage,
             batch_size=self.batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            drop_last=train and len(dataset) >= self.batch_size,
+            seed=self.seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             collate_fn=collate_instances if self.mode == "instance" else None,
+            train=train,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,6 +1,7 @@
 """Inference helpers: sliding-window inference for large images and segmentation post-processing."""
 
 from segen.inference.postprocess import (
+    boxes_from_masks,
     connected_components,
     mask_iou,
     mask_nms,
@@ -11,6 +12,7 @@ from segen.inference.postprocess import (
 from segen.inference.sliding_window import sliding_window, tile_positions, tile_starts
 
 __all__ = [
+    "boxes_from_masks",
     "connected_components",
     "mask_iou",
     "mask_nms",

@@ -29,6 +29,7 @@ import torchvision
 from torch import Tensor
 
 __all__ = [
+    "boxes_from_masks",
     "connected_components",
     "mask_iou",
     "mask_nms",
@@ -252,9 +253,15 @@ def semantic_to_instances(
     masks = regions[None] == keep[:, None, None]  # (N, H, W) bool
     region_class = torch.zeros(n + 1, dtype=torch.long, device=device)
     region_class[regions.view(-1)] = values.view(-1)  # every pixel of a region holds the same class
+    return {"masks": masks.to(torch.uint8), "labels": region_class[keep], "boxes": boxes_from_masks(masks)}
+
+
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """``(N, H, W)`` non-empty masks -> float boxes ``(N, 4)`` ``x1, y1, x2, y2`` with exclusive ``x2, y2``
+    (``torchvision.ops.masks_to_boxes`` gives the inclusive maximum; segen's detection targets use pixel edges)."""
     boxes = torchvision.ops.masks_to_boxes(masks).float()  # (N, 4), inclusive max
     boxes[:, 2:] += 1  # exclusive pixel edges
-    return {"masks": masks.to(torch.uint8), "labels": region_class[keep], "boxes": boxes}
+    return boxes
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, labels: Tensor | None = None) -> Tensor:
