@@ -1,8 +1,9 @@
 """segen: image segmentation and image generation as PyTorch Lightning tasks and data modules."""
 
-from segen.callbacks import SegmentationImageLogger
+from segen.callbacks import MaskWriter, SegmentationImageLogger
 from segen.data import (
     CityscapesDataModule,
+    CocoInstanceDataModule,
     MaskFolderDataModule,
     ShapesDataModule,
     ShapesDataset,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CityscapesDataModule",
+    "CocoInstanceDataModule",
     "DeepLabV3",
     "DeepLabV3Plus",
     "DiceCELoss",
@@ -23,6 +25,7 @@ __all__ = [
     "FocalLoss",
     "InstanceSegmentationTask",
     "MaskFolderDataModule",
+    "MaskWriter",
     "SegmentationImageLogger",
     "SegmentationTask",
     "ShapesDataModule",

@@ -6,7 +6,9 @@ are typed once. What LightningCLI does not do and segen adds:
 
 - a default ``WandbLogger`` that logs offline when there are no W&B credentials, saying so in one line;
 - a default checkpoint callback that tracks the task's own ``monitor`` metric (e.g. ``val/mIoU``) and keeps ``last``;
-- after ``fit``: the best checkpoint's path and a table of the final validation metrics.
+- after ``fit``: the best checkpoint's path and a table of the final validation metrics;
+- ``predict`` with a semantic task writes one colourised class-map PNG per image (:class:`~segen.callbacks.MaskWriter`),
+  e.g. for a folder of new images: ``segen predict -c CONFIG --ckpt_path best.ckpt --data.predict_dir photos/``.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from segen.callbacks.predictions import MaskWriter
+from segen.tasks.segmentation import SegmentationTask
+
 __all__ = ["SegenCLI", "format_metrics_table", "has_wandb_credentials", "main", "wandb_mode"]
 
-# (data module attribute, task argument) pairs, linked when the classes are instantiated
-SHAPE_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_channels", "in_channels"))
+# (data module attribute, task argument) pairs, linked when the classes are instantiated; a task without the
+# argument ignores the link, and a data module without the attribute gives None (e.g. image_size of VOC).
+SHAPE_LINKS: tuple[tuple[str, str], ...] = (
+    ("num_classes", "num_classes"),
+    ("in_channels", "in_channels"),
+    ("in_channels", "channels"),
+    ("image_size", "image_size"),
+)
 
 
 def has_wandb_credentials() -> bool:
@@ -159,6 +170,19 @@ class SegenCLI(LightningCLI):
     def before_test(self) -> None:
         self._announce_wandb()
 
+    def before_predict(self) -> None:
+        """Semantic tasks write a colourised PNG per image unless the config has its own prediction writer."""
+        if isinstance(self.model, SegmentationTask) and not any(
+            isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks
+        ):
+            self.trainer.callbacks.append(MaskWriter())
+
+    @rank_zero_only
+    def after_predict(self) -> None:
+        writers = [c for c in self.trainer.callbacks if isinstance(c, MaskWriter)]
+        for writer in writers:
+            print(f"Wrote {len(writer.written)} predicted masks to {writer.output_dir}", flush=True)
+
     @rank_zero_only
     def after_fit(self) -> None:
         checkpoint = self.trainer.checkpoint_callback
@@ -173,13 +197,18 @@ class SegenCLI(LightningCLI):
 
 
 def _attribute_getter(name: str):
+    """``data.<name>``; ``num_classes`` of a data module with ``conditional=False`` (generation data) is ``None``, so
+    a GAN or VAE is class-conditional only when the data module is asked for it."""
+
     def get(datamodule: LightningDataModule) -> Any:
-        if not hasattr(datamodule, name):
+        if name == "num_classes" and getattr(datamodule, "conditional", True) is False:
+            return None
+        if name == "num_classes" and not hasattr(datamodule, name):
             raise AttributeError(
-                f"the data module {type(datamodule).__name__} has no attribute '{name}', which the CLI links to "
-                f"the model's '{name}' argument; add the attribute or give a data module that defines it"
+                f"the data module {type(datamodule).__name__} has no attribute 'num_classes', which the CLI links "
+                "to the model's 'num_classes' argument; add the attribute or give a data module that defines it"
             )
-        return getattr(datamodule, name)
+        return getattr(datamodule, name, None)
 
     return get
 

@@ -139,3 +139,58 @@ def write_mask_folder(
             raise ValueError(f"unknown variant {variant!r}")
         ids[stem] = label
     return images, masks, ids
+
+
+def write_coco(
+    root: Path, num_images: int = 4, name: str = "train"
+) -> tuple[Path, Path, dict[int, list[dict]]]:
+    """``root/<name>/*.jpg`` and ``root/annotations/instances_<name>.json`` in COCO instance format.
+
+    Categories have COCO-style gaps (ids 3 "cat" and 7 "dog"). Image ``i`` (id ``100 + i``) holds a polygon
+    rectangle of category 3; odd images add an RLE-encoded square of category 7; image 0 adds a crowd region
+    (``iscrowd=1``) of category 7; the last image has no annotation at all. Returns the image folder, the json and
+    the annotations per image id.
+    """
+    from pycocotools import mask as mask_utils
+
+    images_dir, ann_dir = root / name, root / "annotations"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    rng = _rng(7)
+    images, annotations, per_image = [], [], {}
+    for i in range(num_images):
+        image_id, file_name = 100 + i, f"{i:012d}.jpg"
+        pixels = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images_dir / file_name, quality=95)
+        images.append({"id": image_id, "file_name": file_name, "height": H, "width": W})
+        anns: list[dict] = []
+        if i < num_images - 1:
+            x, y = 2 + i, 3
+            poly = [x, y, x + 12, y, x + 12, y + 10, x, y + 10]
+            anns.append({"category_id": 3, "segmentation": [poly], "bbox": [x, y, 12, 10], "iscrowd": 0})
+            if i % 2 == 1:
+                square = np.zeros((H, W), dtype=np.uint8, order="F")
+                square[16:28, 30:42] = 1
+                rle = mask_utils.encode(square)
+                rle["counts"] = rle["counts"].decode("ascii")
+                anns.append({"category_id": 7, "segmentation": rle, "bbox": [30, 16, 12, 12], "iscrowd": 0})
+            if i == 0:
+                crowd = np.zeros((H, W), dtype=np.uint8, order="F")
+                crowd[20:30, 2:20] = 1
+                rle = mask_utils.encode(crowd)
+                rle["counts"] = rle["counts"].decode("ascii")
+                anns.append({"category_id": 7, "segmentation": rle, "bbox": [2, 20, 18, 10], "iscrowd": 1})
+        for ann in anns:
+            ann.update(
+                id=len(annotations) + 1, image_id=image_id, area=float(ann["bbox"][2] * ann["bbox"][3])
+            )
+            annotations.append(ann)
+        per_image[image_id] = anns
+    data = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
+    path = ann_dir / f"instances_{name}.json"
+    path.write_text(json.dumps(data))
+    return images_dir, path, per_image

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from segen import SegmentationTask
 from segen.cli import SegenCLI, format_metrics_table, has_wandb_credentials, main, wandb_mode
@@ -158,6 +160,44 @@ def test_validate_test_and_predict_subcommands_use_a_checkpoint(tmp_path, capsys
     cli = SegenCLI(args=["predict", *args, f"--ckpt_path={best}", "--data.num_test=8"])
     predictions = cli.trainer.predict_loop.predictions
     assert predictions and predictions[0].dtype == torch.long and predictions[0].shape[1:] == (32, 32)
+    # without predict_dir the test split is written, one palette PNG per item, named by index, in the run folder
+    run_predictions = Path(re.search(r"Wrote 8 predicted masks to (\S+)", capsys.readouterr().out).group(1))
+    assert run_predictions.parent.parent == tmp_path / "lightning_logs"  # <run>/predictions of this CSV run
+    written = sorted(p.name for p in run_predictions.glob("*.png"))
+    assert written == [f"{i:06d}.png" for i in range(8)]
+
+    # a folder of new images of different sizes and modes -> colourised class maps with the same names and sizes
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a_street.png": (40, 56), "b_scan.jpg": (32, 32), "c_grey.png": (48, 24)}
+    for name, (h, w) in sizes.items():
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        (image.convert("L") if name.startswith("c_") else image).save(folder / name)
+    out_dir = tmp_path / "masks"
+    main(
+        [
+            "predict",
+            *args,
+            f"--ckpt_path={best}",
+            f"--data.predict_dir={folder}",
+            "--trainer.callbacks+=segen.MaskWriter",
+            f"--trainer.callbacks.output_dir={out_dir}",
+        ]
+    )
+    assert f"Wrote 3 predicted masks to {out_dir}" in capsys.readouterr().out
+    task = SegmentationTask.load_from_checkpoint(best, map_location="cpu").eval()
+    for name, (h, w) in sizes.items():
+        written_mask = Image.open(out_dir / (Path(name).stem + ".png"))
+        assert written_mask.mode == "P" and written_mask.size == (w, h)
+        palette = np.array(written_mask.getpalette()[: 3 * 4]).reshape(4, 3)
+        assert palette.tolist() == [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25]]
+        with Image.open(folder / name) as source:
+            rgb = torch.from_numpy(np.array(source.convert("RGB"))).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            expected = task(((rgb - 0.5) / 0.25)[None]).argmax(1)[0]
+        assert np.array_equal(np.array(written_mask), expected.numpy()), name
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_trees import write_cityscapes, write_mask_folder, write_voc
+from fake_trees import write_cityscapes, write_coco, write_mask_folder, write_voc
 
 from segen.cli import main
 
@@ -20,6 +20,28 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
     if stem.endswith("_voc"):
         write_voc(tmp_path / "voc")
         return [f"--data.root={tmp_path / 'voc'}", "--data.crop_size=32", "--data.batch_size=2"]
+    if stem.startswith("maskrcnn_") and not stem.endswith("_shapes"):
+        # a small Mask R-CNN at the fake images' size: the configs' ResNet-50 at 800 px is minutes per step on CPU
+        small = ["--model.backbone=resnet18", "--model.input_min_size=32", "--model.input_max_size=64"]
+        if stem.endswith("_coco"):
+            images, annotations, _ = write_coco(tmp_path / "coco", num_images=4)
+            return [
+                *small,
+                f"--data.root={images}",
+                f"--data.annotations={annotations}",
+                "--data.val_annotations=null",
+                "--data.val_root=null",
+                "--data.val_fraction=0.5",
+                "--data.batch_size=2",
+                "--data.num_workers=0",
+            ]
+        write_cityscapes(tmp_path / "cityscapes")
+        return [
+            *small,
+            f"--data.root={tmp_path / 'cityscapes'}",
+            "--data.batch_size=2",
+            "--data.num_workers=0",
+        ]
     if stem.endswith("_cityscapes"):
         write_cityscapes(tmp_path / "cityscapes")
         return [

@@ -22,9 +22,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from segen.data.loaders import make_loader
+from segen.data.loaders import SplitLoaders
+from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import denormalize
 from segen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
@@ -127,7 +128,7 @@ def check_mask_values(
     return mask
 
 
-class SemanticDataModule(LightningDataModule):
+class SemanticDataModule(SplitLoaders, LightningDataModule):
     """Base of the file-based semantic data modules: transforms, loaders and ``denormalize``.
 
     A subclass calls ``super().__init__(...)`` with the shape attributes (``num_classes``, ``in_channels``,
@@ -138,6 +139,9 @@ class SemanticDataModule(LightningDataModule):
     ``None`` they are built from ``crop_size``, ``scale_range``, ``hflip`` (:class:`~segen.data.transforms.TrainTransform`)
     and ``eval_size`` (:class:`~segen.data.transforms.EvalTransform`) with ``mean``/``std``. A given transform that
     exposes ``mean``/``std`` attributes must agree with the module's, so ``denormalize`` stays correct.
+
+    ``predict_dir``: a folder of unlabelled images that ``predict_dataloader`` yields as ``(images, info)``
+    (:mod:`segen.data.predict`) instead of the test split.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class SemanticDataModule(LightningDataModule):
         val_transform: PairTransform | None,
         seed: int,
         pin_memory: bool,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         _check_int("batch_size", batch_size, 1, "a positive integer")
@@ -205,6 +210,7 @@ class SemanticDataModule(LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
+        self.predict_dir = predict_dir
 
     # Subclasses build one split's data set with the given joint transform.
     def _make_dataset(self, split: str, transform: PairTransform) -> Dataset:  # pragma: no cover - abstract
@@ -218,6 +224,8 @@ class SemanticDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = self._make_dataset("test", self.val_transform)
             self.predict_dataset = self.test_dataset
+        if stage in (None, "predict") and self.predict_dir is not None:
+            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map loader images (``[B, C, H, W]`` or ``[C, H, W]``) back to ``[0, 1]``."""
@@ -226,31 +234,6 @@ class SemanticDataModule(LightningDataModule):
     def _collate_fn(self) -> Callable[[Sequence[Any]], Any]:
         """The loaders' collate function (a picklable function, not a bound method, for worker processes)."""
         return functools.partial(pad_collate, ignore_index=self.ignore_index)
-
-    def _loader(self, dataset: Dataset | None, name: str, stage: str, train: bool = False) -> DataLoader:
-        return make_loader(
-            dataset,
-            name,
-            stage,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=self._collate_fn(),
-            train=train,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train_dataset", "fit", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset", "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test_dataset", "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, "predict_dataset", "predict")
 
 
 def _check_int(name: str, value: Any, minimum: int, expected: str) -> None:

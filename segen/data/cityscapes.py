@@ -37,13 +37,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.datasets import Cityscapes
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from segen.data._common import PairDataset, PairTransform, SemanticDataModule, require_layout
 from segen.data.shapes import collate_instances
+from segen.data.transforms import InstanceTransform
 from segen.inference.postprocess import boxes_from_masks
 
 __all__ = [
@@ -136,11 +134,12 @@ def instance_target(instance_ids: np.ndarray | Tensor, min_area: int = 1) -> dic
 
 class CityscapesInstances(Dataset):
     """Instance items ``(image float [3, H, W] in [0, 1], target dict)`` over a torchvision ``Cityscapes`` with
-    ``target_type="instance"``; ``hflip`` flips image, boxes and masks together with that probability."""
+    ``target_type="instance"``; ``hflip`` flips image, boxes and masks together with that probability
+    (:class:`~segen.data.transforms.InstanceTransform`)."""
 
     def __init__(self, source: Cityscapes, hflip: float = 0.0, min_area: int = 1) -> None:
         self.source, self.min_area = source, min_area
-        self.flip = v2.RandomHorizontalFlip(hflip) if hflip > 0 else None
+        self.transform = InstanceTransform(hflip=hflip)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -152,22 +151,7 @@ class CityscapesInstances(Dataset):
                 f"image {self.source.images[index]!r} and {self.source.targets[index][0]!r} differ in size: "
                 f"{image.size} vs {instance_ids.size} (W, H)"
             )
-        img = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        target = instance_target(np.array(instance_ids), self.min_area)
-        if self.flip is not None:
-            height, width = img.shape[-2:]
-            img, boxes, masks = self.flip(
-                tv_tensors.Image(img),
-                tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width)),
-                tv_tensors.Mask(target["masks"]),
-            )
-            target = {
-                "boxes": boxes.as_subclass(Tensor),
-                "labels": target["labels"],
-                "masks": masks.as_subclass(Tensor),
-            }
-            img = img.as_subclass(Tensor)
-        return img, target
+        return self.transform(image.convert("RGB"), instance_target(np.array(instance_ids), self.min_area))
 
 
 class CityscapesDataModule(SemanticDataModule):
@@ -182,6 +166,7 @@ class CityscapesDataModule(SemanticDataModule):
         root: folder holding ``leftImg8bit/`` and ``gtFine/`` (see the module docstring).
         target: ``"semantic"`` or ``"instance"``.
         batch_size, num_workers, pin_memory, seed: loader settings.
+        predict_dir: a folder of unlabelled images for ``segen predict`` (:mod:`segen.data.predict`).
         crop_size, scale_range, hflip: the default semantic training transform; in instance mode only ``hflip``
             is used.
         eval_size: resize of the default semantic evaluation transform (``None``: full 1024x2048 resolution).
@@ -207,6 +192,7 @@ class CityscapesDataModule(SemanticDataModule):
         min_instance_area: int = 1,
         seed: int = 0,
         pin_memory: bool = False,
+        predict_dir: str | Path | None = None,
     ) -> None:
         if target not in _TARGETS:
             raise ValueError(f"target must be one of {_TARGETS}, got {target!r}")
@@ -232,6 +218,7 @@ class CityscapesDataModule(SemanticDataModule):
             val_transform=val_transform,
             seed=seed,
             pin_memory=pin_memory,
+            predict_dir=predict_dir,
         )
         self.save_hyperparameters(ignore=["train_transform", "val_transform"])
         self.target, self.hflip, self.min_instance_area = target, hflip, min_instance_area

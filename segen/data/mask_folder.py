@@ -202,6 +202,7 @@ class MaskFolderDataModule(SemanticDataModule):
         crop_size, scale_range, hflip, eval_size: the default transforms (see ``segen.data.transforms``).
         batch_size, num_workers, pin_memory: loader settings.
         seed: seeds the train/val split and the order of the shuffled training set.
+        predict_dir: a folder of unlabelled images for ``segen predict`` (:mod:`segen.data.predict`).
         in_channels: 1 (greyscale) or 3 (RGB); ``None`` infers it from the first image.
         class_names: ``K`` names; default ``("background", "foreground")`` for binary masks, else
             ``("class_0", ...)``.
@@ -237,6 +238,7 @@ class MaskFolderDataModule(SemanticDataModule):
         test_images: str | Path | None = None,
         test_masks: str | Path | None = None,
         pin_memory: bool = False,
+        predict_dir: str | Path | None = None,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 255:
             raise ValueError(
@@ -307,6 +309,7 @@ class MaskFolderDataModule(SemanticDataModule):
             val_transform=val_transform,
             seed=seed,
             pin_memory=pin_memory,
+            predict_dir=predict_dir,
         )
         # in_channels may be inferred (None here, 1 or 3 in the model): the task records the resolved value, and
         # Lightning refuses a data module and a task that log the same key with different values

@@ -43,9 +43,10 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from segen.data.loaders import make_loader
+from segen.data.loaders import SplitLoaders
+from segen.data.predict import ImageFolderDataset
 from segen.inference.postprocess import boxes_from_masks
 
 __all__ = ["SHAPE_NAMES", "ShapesDataModule", "ShapesDataset", "collate_instances", "denormalize"]
@@ -450,7 +451,7 @@ def _polygon_mask(u: Tensor, v: Tensor, polygons: list[list[tuple[float, float]]
     return inside
 
 
-class ShapesDataModule(LightningDataModule):
+class ShapesDataModule(SplitLoaders, LightningDataModule):
     """Lightning data module over :class:`ShapesDataset` with train/val/test splits that never overlap.
 
     The attributes ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std`` and ``class_names`` exist
@@ -459,7 +460,8 @@ class ShapesDataModule(LightningDataModule):
     instance mode, whose images stay in [0, 1] for torchvision's Mask R-CNN); ``denormalize`` undoes it.
 
     Semantic batches are ``(images [B, 3, H, W], masks [B, H, W])``; instance batches are
-    ``(list of images, list of target dicts)``.
+    ``(list of images, list of target dicts)``. ``predict_dir`` names a folder of unlabelled images for
+    ``segen predict`` (:mod:`segen.data.predict`); without it prediction runs on the test split.
     """
 
     def __init__(
@@ -478,6 +480,7 @@ class ShapesDataModule(LightningDataModule):
         pin_memory: bool = False,
         min_size: int | None = None,
         max_size: int | None = None,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -515,7 +518,8 @@ class ShapesDataModule(LightningDataModule):
         self.train_dataset: ShapesDataset | None = None
         self.val_dataset: ShapesDataset | None = None
         self.test_dataset: ShapesDataset | None = None
-        self.predict_dataset: ShapesDataset | None = None
+        self.predict_dataset: Dataset | None = None
+        self.predict_dir = predict_dir
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -525,32 +529,12 @@ class ShapesDataModule(LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = ShapesDataset(self.num_test, split="test", **self._dataset_kwargs)
             self.predict_dataset = self.test_dataset
+        if stage in (None, "predict") and self.predict_dir is not None:
+            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map loader images (``[B, 3, H, W]`` or ``[3, H, W]``) back to ``[0, 1]``."""
         return denormalize(images, self.mean, self.std)
 
-    def _loader(self, dataset: Dataset | None, name: str, stage: str, train: bool = False) -> DataLoader:
-        return make_loader(
-            dataset,
-            name,
-            stage,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_instances if self.mode == "instance" else None,
-            train=train,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train_dataset", "fit", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset", "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test_dataset", "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, "predict_dataset", "predict")
+    def _collate_fn(self) -> Any:
+        return collate_instances if self.mode == "instance" else None

@@ -43,6 +43,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "EvalTransform",
+    "InstanceTransform",
     "SegmentationTransform",
     "TrainTransform",
     "eval_transform",
@@ -150,6 +151,17 @@ def _size(value: Any, name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _random_scale(scale_range: Sequence[float], base: int) -> v2.Transform:
+    """Resize the short side to a uniform random length in ``scale_range * base`` (masks: nearest)."""
+    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+    low, high = round(scale_range[0] * base), round(scale_range[1] * base)
+    if low < 1:
+        raise ValueError(f"scale_range {scale_range!r} x base_size {base} gives a short side below 1 pixel")
+    # RandomResize draws the short side from [low, high) and resizes masks with nearest interpolation.
+    return v2.RandomResize(low, high + 1) if high > low else v2.Resize(low)
+
+
 class TrainTransform(SegmentationTransform):
     """Random scale, pad, random crop and horizontal flip, applied identically to image and mask (see the module
     docstring).
@@ -183,16 +195,7 @@ class TrainTransform(SegmentationTransform):
             )
         ops: list[v2.Transform] = []
         if scale_range is not None:
-            if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-                raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-            base = min(crop) if base_size is None else base_size
-            low, high = round(scale_range[0] * base), round(scale_range[1] * base)
-            if low < 1:
-                raise ValueError(
-                    f"scale_range {scale_range!r} x base_size {base} gives a short side below 1 pixel"
-                )
-            # RandomResize draws the short side from [low, high) and resizes masks with nearest interpolation.
-            ops.append(v2.RandomResize(low, high + 1) if high > low else v2.Resize(low))
+            ops.append(_random_scale(scale_range, min(crop) if base_size is None else base_size))
         ops.append(
             v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})
         )
@@ -250,3 +253,90 @@ def eval_transform(
 ) -> EvalTransform:
     """The deterministic evaluation transform; see :class:`EvalTransform`."""
     return EvalTransform(size, mean, std)
+
+
+def _per_instance_tensors(inputs: Any) -> tuple[Tensor, ...]:
+    """For ``SanitizeBoundingBoxes``: every per-instance tensor of the target (``labels``, ``iscrowd``, ...) is
+    filtered with the boxes (masks are filtered by torchvision itself)."""
+    target = inputs[1]
+    count = target["boxes"].shape[0]
+    return tuple(
+        value
+        for key, value in target.items()
+        if key not in ("boxes", "masks")
+        and isinstance(value, Tensor)
+        and value.ndim >= 1
+        and len(value) == count
+    )
+
+
+class InstanceTransform:
+    """Joint transform of an instance segmentation item: image, boxes and per-instance masks move together.
+
+    ``transform(image, target) -> (image float [C, H, W] in [0, 1], target)`` where ``target`` holds ``boxes``
+    float ``[N, 4]`` (x1, y1, x2, y2), ``labels`` int64 ``[N]``, ``masks`` uint8 ``[N, H, W]`` and optionally other
+    per-instance tensors (``iscrowd``). The pipeline (torchvision v2): random scale and random crop (both only with
+    ``crop_size``), horizontal flip, then ``SanitizeBoundingBoxes`` drops the instances a crop removed (their labels
+    and masks too). Images stay unnormalised: torchvision's Mask R-CNN normalises and resizes internally, which is
+    also why a scale without a crop would be undone; for multi-scale training without crops give the task several
+    sizes (``InstanceSegmentationTask(input_min_size=[96, 112, 128])``).
+
+    Args:
+        hflip: probability of a horizontal flip.
+        crop_size: random crop (padded with 0 when the image is smaller); ``None`` keeps the whole image.
+        scale_range: with ``crop_size``: the short side is first resized to a random length in
+            ``scale_range * min(crop_size)``.
+    """
+
+    def __init__(
+        self,
+        hflip: float = 0.5,
+        crop_size: int | tuple[int, int] | None = None,
+        scale_range: tuple[float, float] | None = None,
+    ) -> None:
+        if not 0.0 <= hflip <= 1.0:
+            raise ValueError(f"hflip is a probability in [0, 1], got {hflip!r}")
+        ops: list[v2.Transform] = []
+        if scale_range is not None:
+            if crop_size is None:
+                raise ValueError(
+                    "scale_range needs crop_size: Mask R-CNN resizes every image to input_min_size itself, which "
+                    "undoes a plain rescale. Give crop_size too, or multi-scale the task with "
+                    "input_min_size=[s1, s2, ...]"
+                )
+            ops.append(_random_scale(scale_range, min(_size(crop_size, "crop_size"))))
+        if crop_size is not None:
+            ops.append(v2.RandomCrop(_size(crop_size, "crop_size"), pad_if_needed=True, fill=0))
+        if hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+        ops.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_per_instance_tensors))
+        ops.append(v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True))
+        self.ops = v2.Compose(ops)
+        self.hflip, self.crop_size, self.scale_range = hflip, crop_size, scale_range
+
+    def __call__(
+        self, image: Image.Image | Tensor, target: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        img = _image_to_tensor(image)
+        if img.is_floating_point():
+            img = F.to_dtype(img, torch.uint8, scale=True)  # one code path for uint8 and [0, 1] inputs
+        height, width = img.shape[-2:]
+        masks = target["masks"]
+        if masks.shape[-2:] != (height, width):
+            raise ValueError(
+                f"instance masks are {tuple(masks.shape[-2:])} but the image is {(height, width)} (H, W)"
+            )
+        wrapped = dict(target)
+        wrapped["boxes"] = tv_tensors.BoundingBoxes(
+            target["boxes"], format="XYXY", canvas_size=(height, width)
+        )
+        wrapped["masks"] = tv_tensors.Mask(masks)
+        out_img, out = self.ops(tv_tensors.Image(img), wrapped)
+        out = {
+            key: value.as_subclass(Tensor) if isinstance(value, Tensor) else value
+            for key, value in out.items()
+        }
+        return out_img.as_subclass(Tensor), out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.ops})"

@@ -105,6 +105,7 @@ class VOCDataModule(SemanticDataModule):
     Args:
         root: folder holding ``VOCdevkit/`` (see the module docstring).
         batch_size, num_workers, pin_memory, seed: loader settings (``seed`` orders the shuffled training set).
+        predict_dir: a folder of unlabelled images for ``segen predict`` (:mod:`segen.data.predict`).
         crop_size, scale_range, hflip: the default training transform (:class:`~segen.data.transforms.TrainTransform`).
         eval_size: resize of the default evaluation transform (``None``: full resolution).
         year: ``"2007"`` ... ``"2012"``.
@@ -131,6 +132,7 @@ class VOCDataModule(SemanticDataModule):
         val_transform: PairTransform | None = None,
         seed: int = 0,
         pin_memory: bool = False,
+        predict_dir: str | Path | None = None,
     ) -> None:
         if year not in DATASET_YEAR_DICT or year == "2007-test":
             years = sorted(y for y in DATASET_YEAR_DICT if y != "2007-test")
@@ -151,6 +153,7 @@ class VOCDataModule(SemanticDataModule):
             val_transform=val_transform,
             seed=seed,
             pin_memory=pin_memory,
+            predict_dir=predict_dir,
         )
         self.save_hyperparameters(ignore=["train_transform", "val_transform"])
         self.year, self.train_split, self.val_split = year, train_split, val_split

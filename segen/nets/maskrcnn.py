@@ -26,7 +26,7 @@ MASKRCNN_BACKBONES = {name: name for name in ("resnet18", "resnet34", "resnet50"
 def build_maskrcnn(
     num_classes: int,
     backbone: str = "resnet50",
-    min_size: int = 800,
+    min_size: int | tuple[int, ...] = 800,
     max_size: int = 1333,
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
     weights_path: str | None = None,

@@ -30,7 +30,9 @@ class InstanceSegmentationTask(LightningModule):
     Args:
         num_classes: classes including the background (linked from the data module by the CLI).
         backbone: ``resnet18`` | ``resnet34`` | ``resnet50`` | ``resnet101`` (FPN).
-        input_min_size, input_max_size: Mask R-CNN's internal resize (short side, long side cap).
+        input_min_size, input_max_size: Mask R-CNN's internal resize (short side, long side cap). Several short
+            sides (``[96, 112, 128]``) train at a random one per batch (multi-scale training, scale augmentation)
+            and evaluate at the last.
         anchor_sizes: one anchor size per FPN level; smaller for small images.
         weights_path: local torchvision ResNet weights for the backbone (never downloaded).
         lr, weight_decay, warmup_steps: the default AdamW with warm-up and cosine decay.
@@ -43,7 +45,7 @@ class InstanceSegmentationTask(LightningModule):
         self,
         num_classes: int,
         backbone: str = "resnet50",
-        input_min_size: int = 800,
+        input_min_size: int | tuple[int, ...] = 800,
         input_max_size: int = 1333,
         anchor_sizes: tuple[int, int, int, int, int] = (32, 64, 128, 256, 512),
         weights_path: str | None = None,
@@ -63,7 +65,7 @@ class InstanceSegmentationTask(LightningModule):
         self.model = build_maskrcnn(
             num_classes,
             backbone=backbone,
-            min_size=input_min_size,
+            min_size=tuple(input_min_size) if isinstance(input_min_size, (list, tuple)) else input_min_size,
             max_size=input_max_size,
             anchor_sizes=tuple(anchor_sizes),
             weights_path=weights_path,
@@ -101,7 +103,16 @@ class InstanceSegmentationTask(LightningModule):
             }
             for o in outputs
         ]
-        truth = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()} for t in targets]
+        # crowd regions (COCO iscrowd=1) are kept in evaluation targets and ignored by the metric, as in COCO's
+        truth = [
+            {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "masks": t["masks"].bool(),
+                **({"iscrowd": t["iscrowd"]} if "iscrowd" in t else {}),
+            }
+            for t in targets
+        ]
         metric.update(preds, truth)
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:

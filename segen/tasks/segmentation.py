@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -169,8 +170,28 @@ class SegmentationTask(LightningModule):
         self._update_metrics(self.test_metrics, logits, batch[1])
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Class maps ``(B, H, W)`` (long). Accepts ``images`` or ``(images, masks)``."""
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        """Class maps ``(B, H, W)`` (long). Accepts ``images``, ``(images, masks)`` or ``(images, info)`` from a
+        ``predict_dir``; uses sliding-window inference when ``val_window`` is set, as validation does."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (B, C, H, W)
+        sizes = (
+            batch[1].get("sizes") if isinstance(batch, (tuple, list)) and isinstance(batch[1], dict) else None
+        )
+        if sizes is not None and len(set(sizes)) > 1:
+            # Images of different sizes were padded into one batch. Zero padding is not what the network saw in
+            # training and changes predictions near the border, so each image runs alone at its own size.
+            masks = torch.full(
+                images.shape[:1] + images.shape[2:], 255, dtype=torch.long, device=images.device
+            )
+            for i, (height, width) in enumerate(sizes):
+                masks[i, :height, :width] = self._predict(images[i : i + 1, :, :height, :width])[0]
+            return masks  # (B, H, W), 255 outside each image
+        return self._predict(images)
+
+    def _predict(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> class maps (B, H, W), through the sliding window when ``val_window`` is set."""
+        window = self.hparams.get("val_window")
+        if window is not None:
+            return sliding_window(self, images, window, overlap=self.hparams.val_overlap).argmax(dim=1)
         return self(images).argmax(dim=1)
 
     # ------------------------------------------------------------------ metrics

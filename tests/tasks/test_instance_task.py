@@ -97,3 +97,31 @@ def test_unknown_backbone_and_bad_classes():
 def test_missing_weights_path_says_nothing_is_downloaded(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"never downloads"):
         InstanceSegmentationTask(num_classes=4, backbone="resnet18", weights_path=str(tmp_path / "nope.pth"))
+
+
+@pytest.mark.parametrize("source", ["cityscapes", "coco"])
+def test_fits_on_real_formats_with_multi_scale_training(source, tmp_path):
+    """Cityscapes instance mode and COCO json batches train Mask R-CNN; several input sizes train multi-scale."""
+    from fake_trees import write_cityscapes, write_coco
+
+    from segen import CityscapesDataModule, CocoInstanceDataModule
+
+    if source == "cityscapes":
+        write_cityscapes(tmp_path / "cs")
+        dm = CityscapesDataModule(tmp_path / "cs", target="instance", batch_size=2)
+    else:
+        images, annotations, _ = write_coco(tmp_path / "coco", num_images=4)
+        dm = CocoInstanceDataModule(root=images, annotations=annotations, val_fraction=0.5, batch_size=2)
+    task = InstanceSegmentationTask(num_classes=dm.num_classes, **{**SMALL, "input_min_size": (32, 48, 64)})
+    assert task.model.transform.min_size == (32, 48, 64)  # torchvision picks one per training batch
+    trainer = Trainer(
+        fast_dev_run=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert 0.0 <= trainer.callback_metrics["val/mAP_mask"] <= 1.0
