@@ -1,35 +1,59 @@
 """segen: image segmentation and image generation as PyTorch Lightning tasks and data modules."""
 
-from segen.callbacks import MaskWriter, SegmentationImageLogger
+from segen.callbacks import MaskWriter, SampleImageLogger, SegmentationImageLogger
 from segen.data import (
+    CIFAR10DataModule,
     CityscapesDataModule,
     CocoInstanceDataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
     MaskFolderDataModule,
+    MNISTDataModule,
     ShapesDataModule,
     ShapesDataset,
     VOCDataModule,
 )
 from segen.losses import DiceCELoss, DiceLoss, FocalLoss, dice_ce_loss, dice_loss, focal_loss
-from segen.nets import DeepLabV3, DeepLabV3Plus, UNet
-from segen.tasks import InstanceSegmentationTask, SegmentationTask
+from segen.nets import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    DeepLabV3,
+    DeepLabV3Plus,
+    StyleGAN2Discriminator,
+    StyleGAN2Generator,
+    UNet,
+)
+from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CIFAR10DataModule",
     "CityscapesDataModule",
     "CocoInstanceDataModule",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
     "DeepLabV3",
     "DeepLabV3Plus",
     "DiceCELoss",
     "DiceLoss",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
     "FocalLoss",
+    "GANTask",
+    "ImageFolderDataModule",
     "InstanceSegmentationTask",
+    "MNISTDataModule",
     "MaskFolderDataModule",
     "MaskWriter",
+    "SampleImageLogger",
     "SegmentationImageLogger",
     "SegmentationTask",
     "ShapesDataModule",
     "ShapesDataset",
+    "StyleGAN2Discriminator",
+    "StyleGAN2Generator",
     "UNet",
     "VOCDataModule",
     "__version__",

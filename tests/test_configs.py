@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_gen_trees import write_cifar10, write_image_folder, write_mnist
 from fake_trees import write_cityscapes, write_coco, write_mask_folder, write_voc
 
 from segen.cli import main
@@ -50,6 +51,23 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
             "--data.batch_size=2",
             "--model.val_window=32",
         ]
+    gan = ["--model.fid_samples=64", "--data.batch_size=8", "--data.num_workers=0"]
+    if stem.endswith("_mnist"):
+        write_mnist(tmp_path / "mnist")
+        return [*gan, f"--data.root={tmp_path / 'mnist'}"]
+    if stem.endswith("_cifar10"):
+        write_cifar10(tmp_path / "cifar")
+        return [*gan, f"--data.root={tmp_path / 'cifar'}", "--data.verify_checksums=false"]
+    if stem.endswith("_imagefolder"):
+        write_image_folder(tmp_path / "images", classes=("cats", "dogs"), per_class=6, size=(20, 20))
+        return [
+            *gan,
+            f"--data.root={tmp_path / 'images'}",
+            "--data.val_fraction=0.25",
+            "--data.image_size=32",
+        ]
+    if stem.endswith("_digits"):
+        return gan[:2]
     if stem.endswith("_maskfolder"):
         images, masks, _ = write_mask_folder(tmp_path / "folder", variant="binary")
         return [

@@ -1,7 +1,8 @@
 """Callbacks that work with every logger (image grids as W&B images, TensorBoard images and PNG files), and the
-writer of ``segen predict``'s colourised masks."""
+writer of ``segen predict``'s colourised masks; sample grids of generative tasks."""
 
 from segen.callbacks.images import SegmentationImageLogger
 from segen.callbacks.predictions import MaskWriter, palette_image
+from segen.callbacks.samples import SampleImageLogger, slerp
 
-__all__ = ["MaskWriter", "SegmentationImageLogger", "palette_image"]
+__all__ = ["MaskWriter", "SampleImageLogger", "SegmentationImageLogger", "palette_image", "slerp"]

@@ -1,8 +1,16 @@
-"""LightningDataModules and datasets: the embedded shapes, Pascal VOC, Cityscapes, COCO-format json and any image/mask
-folder."""
+"""LightningDataModules and datasets: the embedded shapes and digits, Pascal VOC, Cityscapes, COCO-format json, any
+image/mask folder, MNIST / Fashion-MNIST / CIFAR-10 and ImageNet-style class folders."""
 
 from segen.data.cityscapes import CityscapesDataModule
 from segen.data.coco import CocoInstanceDataModule
+from segen.data.generation import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    GenerationDataset,
+    ImageFolderDataModule,
+    MNISTDataModule,
+)
 from segen.data.mask_folder import MaskFolderDataModule
 from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import SHAPE_NAMES, ShapesDataModule, ShapesDataset
@@ -11,11 +19,17 @@ from segen.data.voc import VOCDataModule
 
 __all__ = [
     "SHAPE_NAMES",
+    "CIFAR10DataModule",
     "CityscapesDataModule",
     "CocoInstanceDataModule",
+    "DigitsDataModule",
     "EvalTransform",
+    "FashionMNISTDataModule",
+    "GenerationDataset",
+    "ImageFolderDataModule",
     "ImageFolderDataset",
     "InstanceTransform",
+    "MNISTDataModule",
     "MaskFolderDataModule",
     "SegmentationTransform",
     "ShapesDataModule",
