@@ -18,8 +18,9 @@ Lightning's own GAN example fails under DDP. This task does its own gradient ave
 with DDP's gradient sync off, then the gradients of the net about to step are averaged over ranks in one flat
 ``all_reduce``. No ``find_unused_parameters`` is needed, and every parameter of the stepping net is synced.
 
-**Mixed precision** comes from the Trainer: ``manual_backward`` applies the loss scaling of ``16-mixed``;
-``bf16-mixed`` needs none. R1 and the gradient penalty are computed in float32.
+**Mixed precision** comes from the Trainer: ``manual_backward`` applies the loss scaling of ``16-mixed``, and the
+GradScaler is updated once per iteration, after the last optimizer step (see ``_scaler_update_deferred``);
+``bf16-mixed`` needs no scaler. R1 and the gradient penalty are computed in float32.
 """
 
 from __future__ import annotations
@@ -314,14 +315,38 @@ class GANTask(LightningModule):
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(synced)
 
-    def _update(self, optimizer: Any, net: nn.Module, loss: Tensor, scheduler: Any) -> None:
+    @contextmanager
+    def _scaler_update_deferred(self, defer: bool) -> Iterator[None]:
+        """With ``16-mixed``, Lightning updates the GradScaler after *every* optimizer step. PyTorch's recipe for
+        several optimizers is one ``update()`` per iteration, after all of them stepped with the same scale (so the
+        D and G steps of an iteration see the same scale, and inf checks of both count). When another step follows
+        in this iteration, the update is skipped here and happens after the last step."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        if not defer or scaler is None:
+            yield
+            return
+        shadowed = scaler.__dict__.get("update")
+        # an instance attribute hides the method for this one step
+        scaler.update = lambda *args, **kwargs: None
+        try:
+            yield
+        finally:
+            if shadowed is None:
+                del scaler.update
+            else:
+                scaler.update = shadowed
+
+    def _update(
+        self, optimizer: Any, net: nn.Module, loss: Tensor, scheduler: Any, more_steps_follow: bool = False
+    ) -> None:
         self.toggle_optimizer(optimizer)
         try:
             optimizer.zero_grad(set_to_none=True)
             with self._own_gradient_sync():
                 self.manual_backward(loss)
             self._average_gradients(net)
-            optimizer.step()
+            with self._scaler_update_deferred(more_steps_follow):
+                optimizer.step()
         finally:
             self.untoggle_optimizer(optimizer)
         if scheduler is not None:
@@ -337,7 +362,10 @@ class GANTask(LightningModule):
         self.toggle_optimizer(opt_d)  # G's parameters stop requiring grad while D's loss is built
         d_parts = self.discriminator_loss(real, labels)
         self.untoggle_optimizer(opt_d)
-        self._update(opt_d, self.discriminator, d_parts["loss"], sch_d)
+        generator_step_follows = (self.discriminator_steps + 1) % self.hparams.n_critic == 0
+        self._update(
+            opt_d, self.discriminator, d_parts["loss"], sch_d, more_steps_follow=generator_step_follows
+        )
         self.discriminator_steps += 1
         logs = {f"train/{'loss_d' if k == 'loss' else k}": v.detach() for k, v in d_parts.items()}
 

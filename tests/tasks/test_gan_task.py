@@ -260,3 +260,56 @@ def test_two_process_ddp_keeps_both_nets_identical_without_unused_parameter_erro
     fresh = task(num_classes=3).state_dict()
     moved = [k for k in rank0 if k.startswith("generator.") and not torch.equal(rank0[k], fresh[k])]
     assert moved
+
+
+class _CountingScaler(torch.amp.GradScaler):
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.updates = 0
+
+    def update(self, new_scale=None) -> None:
+        self.updates += 1
+        super().update(new_scale)
+
+
+@pytest.mark.parametrize("n_critic, max_steps, iterations", [(1, 6, 3), (2, 9, 6)])
+def test_16_mixed_updates_the_grad_scaler_once_per_iteration(n_critic, max_steps, iterations, tmp_path):
+    """fp16 autocast with a GradScaler (run on the CPU here; the same plugin runs on CUDA): one update per training
+    step, after its last optimizer step, as PyTorch's recipe for several optimizers asks."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = _CountingScaler()
+    gan = task(n_critic=n_critic)
+    fit = trainer(tmp_path, max_steps=max_steps, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    fit.fit(gan, loader(n=128))
+    assert gan.discriminator_steps == iterations
+    assert scaler.updates == iterations
+    assert all(torch.isfinite(p).all() for p in gan.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only path: 16-mixed on a GPU")
+def test_16_mixed_on_cuda_one_scaler_update_per_iteration(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class CudaCountingScaler(torch.amp.GradScaler):
+        def __init__(self) -> None:
+            super().__init__("cuda")
+            self.updates = 0
+
+        def update(self, new_scale=None) -> None:
+            self.updates += 1
+            super().update(new_scale)
+
+    scaler = CudaCountingScaler()
+    gan = task(num_classes=3, r1_gamma=1.0, r1_interval=2)
+    fit = trainer(
+        tmp_path,
+        accelerator="gpu",
+        devices=1,
+        max_steps=8,
+        plugins=[MixedPrecision("16-mixed", "cuda", scaler=scaler)],
+    )
+    fit.fit(gan, loader(n=128))
+    assert scaler.updates == gan.discriminator_steps == 4
+    assert all(torch.isfinite(p).all() for p in gan.parameters())
+    assert gan.sample(4).device.type == "cuda"
