@@ -263,8 +263,8 @@ def test_two_process_ddp_keeps_both_nets_identical_without_unused_parameter_erro
 
 
 class _CountingScaler(torch.amp.GradScaler):
-    def __init__(self) -> None:
-        super().__init__("cpu")
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
         self.updates = 0
 
     def update(self, new_scale=None) -> None:
@@ -291,16 +291,7 @@ def test_16_mixed_updates_the_grad_scaler_once_per_iteration(n_critic, max_steps
 def test_16_mixed_on_cuda_one_scaler_update_per_iteration(tmp_path):
     from lightning.pytorch.plugins import MixedPrecision
 
-    class CudaCountingScaler(torch.amp.GradScaler):
-        def __init__(self) -> None:
-            super().__init__("cuda")
-            self.updates = 0
-
-        def update(self, new_scale=None) -> None:
-            self.updates += 1
-            super().update(new_scale)
-
-    scaler = CudaCountingScaler()
+    scaler = _CountingScaler("cuda")
     gan = task(num_classes=3, r1_gamma=1.0, r1_interval=2)
     fit = trainer(
         tmp_path,
