@@ -24,7 +24,7 @@ from segen.nets import (
     StyleGAN2Generator,
     UNet,
 )
-from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask
+from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "UNet",
+    "VAETask",
     "VOCDataModule",
     "__version__",
     "dice_ce_loss",

@@ -51,7 +51,9 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
             "--data.batch_size=2",
             "--model.val_window=32",
         ]
-    gan = ["--model.fid_samples=64", "--data.batch_size=8", "--data.num_workers=0"]
+    gan = ["--data.batch_size=8", "--data.num_workers=0"]
+    if stem.startswith(("dcgan", "cgan", "stylegan")):
+        gan = ["--model.fid_samples=64", *gan]
     if stem.endswith("_mnist"):
         write_mnist(tmp_path / "mnist")
         return [*gan, f"--data.root={tmp_path / 'mnist'}"]
@@ -67,7 +69,7 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
             "--data.image_size=32",
         ]
     if stem.endswith("_digits"):
-        return gan[:2]
+        return gan
     if stem.endswith("_maskfolder"):
         images, masks, _ = write_mask_folder(tmp_path / "folder", variant="binary")
         return [

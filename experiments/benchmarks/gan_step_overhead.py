@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer
+from _overhead import compare, timed_fit
 from torch.utils.data import DataLoader
 
 from segen import DigitsDataModule, GANTask
@@ -55,41 +55,17 @@ def build_task(args: argparse.Namespace) -> GANTask:
     )
 
 
-class StepTimer(Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.losses, self.start, self.end = warmup, [], 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        metrics = (
-            trainer.callback_metrics
-        )  # empty with barebones=True (no logging): losses are not compared then
-        if "train/loss_d" in metrics:
-            self.losses.append((metrics["train/loss_d"].item(), metrics["train/loss_g"].item()))
-        self.end = time.perf_counter()
+def logged_losses(trainer, outputs) -> tuple[float, float] | None:
+    """(loss_d, loss_g) of the step; None with barebones=True (no logging)."""
+    metrics = trainer.callback_metrics
+    if "train/loss_d" not in metrics:
+        return None
+    return metrics["train/loss_d"].item(), metrics["train/loss_g"].item()
 
 
 def run_lightning(batches, args, total: int) -> tuple[float, list[tuple[float, float]]]:
     task = build_task(args)
-    timer = StepTimer(args.warmup)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=max_steps_for(total),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-        barebones=args.barebones,
-        **({} if args.barebones else {"log_every_n_steps": 50}),
-    )
-    trainer.fit(task, DataLoader(batches, batch_size=None, shuffle=False))
-    return (timer.end - timer.start) / (total - args.warmup), timer.losses
+    return timed_fit(task, batches, total, args.warmup, args.barebones, max_steps_for(total), logged_losses)
 
 
 def run_plain(batches, args, total: int) -> tuple[float, list[tuple[float, float]]]:
@@ -146,15 +122,9 @@ def main() -> None:
 
     total = args.warmup + args.steps
     batches = make_batches(total, args.batch_size)
-    plain_times, lightning_times = [], []
-    for _ in range(args.repeats):  # alternate, so drift in machine load hits both
-        t, plain_losses = run_plain(batches, args, total)
-        plain_times.append(t)
-        t, lightning_losses = run_lightning(batches, args, total)
-        lightning_times.append(t)
-    plain, lightning = min(plain_times), min(lightning_times)
-    diffs = [abs(a - b) for pa, pb in zip(plain_losses, lightning_losses) for a, b in zip(pa, pb)]
-    diff = f"{max(diffs):.2e}" if diffs else "n/a (no logging)"
+    plain, lightning, diff = compare(
+        lambda: run_plain(batches, args, total), lambda: run_lightning(batches, args, total), args.repeats
+    )
     print("| setting | plain loop s/iter | GANTask s/iter | ratio | max |loss diff| |")
     print("| --- | --- | --- | --- | --- |")
     print(

@@ -15,8 +15,7 @@ import functools
 import time
 
 import torch
-from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader
+from _overhead import compare, timed_fit
 
 from segen import SegmentationTask, ShapesDataModule, UNet
 from segen.tasks.optim import param_groups, warmup_cosine
@@ -39,39 +38,8 @@ def build_task(seed: int, args: argparse.Namespace, total_steps: int) -> Segment
     return SegmentationTask(num_classes=4, in_channels=3, net=net, lr=args.lr, warmup_steps=args.warmup_steps)
 
 
-class StepTimer(Callback):
-    """Records each step's loss and the time from the first timed step to the end of training."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.losses, self.start, self.end = warmup, [], 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].item() if isinstance(outputs, dict) else outputs.item())
-        self.end = time.perf_counter()
-
-
 def run_lightning(batches, args, total: int) -> tuple[float, list[float]]:
-    task = build_task(0, args, total)
-    timer = StepTimer(args.warmup)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=total,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-        barebones=args.barebones,
-        **({} if args.barebones else {"log_every_n_steps": 50}),
-    )
-    trainer.fit(task, DataLoader(batches, batch_size=None, shuffle=False))
-    return (timer.end - timer.start) / (total - args.warmup), timer.losses
+    return timed_fit(build_task(0, args, total), batches, total, args.warmup, args.barebones)
 
 
 def run_plain(batches, args, total: int) -> tuple[float, list[float]]:
@@ -113,20 +81,15 @@ def main() -> None:
 
     total = args.warmup + args.steps
     batches = make_batches(total, args.batch_size, args.image_size)
-    plain_times, lightning_times = [], []
-    for _ in range(args.repeats):  # alternate, so drift in machine load hits both
-        t, plain_losses = run_plain(batches, args, total)
-        plain_times.append(t)
-        t, lightning_losses = run_lightning(batches, args, total)
-        lightning_times.append(t)
-    plain, lightning = min(plain_times), min(lightning_times)
-    diff = max(abs(a - b) for a, b in zip(plain_losses, lightning_losses))
+    plain, lightning, diff = compare(
+        lambda: run_plain(batches, args, total), lambda: run_lightning(batches, args, total), args.repeats
+    )
     print("| setting | plain loop s/step | SegmentationTask s/step | ratio | max |loss diff| |")
     print("| --- | --- | --- | --- | --- |")
     print(
         f"| U-Net {args.base_channels}ch depth {args.depth}, {args.image_size}px, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads{', barebones' if args.barebones else ''} | {plain:.4f} | "
-        f"{lightning:.4f} | {lightning / plain:.3f} | {diff:.2e} |"
+        f"{lightning:.4f} | {lightning / plain:.3f} | {diff} |"
     )
 
 

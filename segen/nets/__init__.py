@@ -5,6 +5,8 @@ from segen.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segen.nets.maskrcnn import build_maskrcnn
 from segen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from segen.nets.unet import UNet
+from segen.nets.vae import VAEDecoder, VAEEncoder
+from segen.nets.vq import VectorQuantizer, VQDecoder, VQEncoder, VQOutput
 
 __all__ = [
     "DCGANDiscriminator",
@@ -14,5 +16,11 @@ __all__ = [
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "UNet",
+    "VAEDecoder",
+    "VAEEncoder",
+    "VQDecoder",
+    "VQEncoder",
+    "VQOutput",
+    "VectorQuantizer",
     "build_maskrcnn",
 ]

@@ -1,0 +1,110 @@
+"""VAETask: gradients, the ELBO's logged parts, KL warm-up, the IWAE bound, sampling, checkpoints, bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from segen import DigitsDataModule
+from segen.tasks.vae import VAETask
+
+
+def trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def binary_loader(n: int = 32, batch_size: int = 8) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(n, 1, 16, 16, generator=g) > 0.5).float() * 2 - 1
+    return DataLoader(TensorDataset(images, torch.arange(n) % 3), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"likelihood": "gaussian"}, {"likelihood": "bernoulli", "num_classes": 3}, {"likelihood": "logistic"}],
+    ids=["gaussian", "bernoulli-conditional", "logistic"],
+)
+def test_every_parameter_gets_a_gradient(kwargs):
+    torch.manual_seed(0)
+    vae = VAETask(channels=1, image_size=16, latent_dim=4, **kwargs)
+    images, labels = next(iter(binary_loader()))
+    parts = vae.compute_elbo(images, labels if vae.num_classes else None)
+    parts.loss.backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_fit_logs_the_elbo_in_nats_and_the_iwae_bound_is_tighter(tmp_path):
+    torch.manual_seed(0)
+    dm = DigitsDataModule(image_size=16, batch_size=64)
+    vae = VAETask(channels=1, image_size=16, latent_dim=8, iwae_samples=32, warmup_steps=5)
+    fit = trainer(tmp_path, max_epochs=2)
+    fit.fit(vae, dm)
+    m = fit.callback_metrics
+    assert torch.isclose(m["val/elbo"], -(m["val/recon"] + m["val/kl"]), atol=1e-3)
+    assert m["val/kl"] > 0
+    assert m["val/nll_iwae"] < -m["val/elbo"]  # the importance-weighted bound is tighter than the ELBO
+    num_dims = 16 * 16
+    expected_bpd = (-m["val/elbo"] + num_dims * torch.log(torch.tensor(127.5))) / (
+        num_dims * torch.log(torch.tensor(2.0))
+    )
+    assert torch.isclose(m["val/bpd"], expected_bpd, rtol=1e-4)
+    assert 0 <= m["val/mse"] < 1.0
+
+
+def test_training_lowers_the_negative_elbo(tmp_path):
+    torch.manual_seed(0)
+    dm = DigitsDataModule(image_size=16, batch_size=64, binarize=True)
+    dm.setup("fit")
+    images = torch.stack([dm.val_dataset[i][0] for i in range(64)])
+    vae = VAETask(channels=1, image_size=16, latent_dim=8, likelihood="bernoulli", warmup_steps=0, lr=3e-3)
+    state = vae.noise_rng.get_state()
+    before = vae.compute_elbo(images, None).loss.item()
+    trainer(tmp_path, max_steps=60, limit_val_batches=0).fit(vae, dm)
+    vae.noise_rng.set_state(state)
+    after = vae.compute_elbo(images, None).loss.item()
+    assert after < 0.75 * before, (before, after)  # nats per held-out image
+
+
+def test_kl_warmup_ramps_beta():
+    vae = VAETask(channels=1, image_size=16, beta=4.0, kl_warmup_steps=10)
+    assert vae.kl_weight() == pytest.approx(0.4)  # step 0 of 10: (0 + 1) / 10 of beta
+    assert VAETask(channels=1, image_size=16, beta=0.5).kl_weight() == 0.5
+
+
+def test_sample_and_reconstruct_are_images_in_range_and_labels_choose_the_class():
+    torch.manual_seed(0)
+    vae = VAETask(channels=1, image_size=16, latent_dim=4, num_classes=3)
+    out = vae.sample(5)
+    assert out.shape == (5, 1, 16, 16) and out.min() >= -1 and out.max() <= 1
+    noise = torch.randn(1, 4).repeat(2, 1)
+    assert not torch.allclose(*vae.sample(2, labels=torch.tensor([0, 2]), noise=noise))
+    images, labels = next(iter(binary_loader()))
+    assert vae.reconstruct(images, labels).shape == images.shape
+    with pytest.raises(ValueError, match="unconditional"):
+        VAETask(channels=1, image_size=16).sample(2, labels=torch.tensor([0, 1]))
+
+
+def test_checkpoint_reload_without_arguments_and_bf16(tmp_path):
+    torch.manual_seed(0)
+    vae = VAETask(channels=1, image_size=16, latent_dim=4)
+    fit = trainer(tmp_path, max_steps=3, limit_val_batches=0, precision="bf16-mixed")
+    fit.fit(vae, binary_loader())
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    fit.save_checkpoint(tmp_path / "vae.ckpt")
+    again = VAETask.load_from_checkpoint(tmp_path / "vae.ckpt")
+    noise = vae.fixed_noise[:3]
+    assert torch.equal(again.sample(3, noise=noise), vae.sample(3, noise=noise))
+    assert torch.equal(again.noise_rng.get_state(), vae.noise_rng.get_state())
