@@ -24,7 +24,7 @@ from segen.nets import (
     StyleGAN2Generator,
     UNet,
 )
-from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask
+from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask, VQVAETask
 
 __version__ = "0.1.0"
 
@@ -57,6 +57,7 @@ __all__ = [
     "UNet",
     "VAETask",
     "VOCDataModule",
+    "VQVAETask",
     "__version__",
     "dice_ce_loss",
     "dice_loss",
