@@ -25,7 +25,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from segen.data.loaders import SplitLoaders
-from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import denormalize
 from segen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
@@ -224,8 +223,7 @@ class SemanticDataModule(SplitLoaders, LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = self._make_dataset("test", self.val_transform)
             self.predict_dataset = self.test_dataset
-        if stage in (None, "predict") and self.predict_dir is not None:
-            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
+        self._setup_predict_dir(stage)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map loader images (``[B, C, H, W]`` or ``[C, H, W]``) back to ``[0, 1]``."""

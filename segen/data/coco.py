@@ -38,7 +38,6 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
 from segen.data.loaders import SplitLoaders
-from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import collate_instances
 from segen.data.transforms import InstanceTransform
 
@@ -275,8 +274,7 @@ class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = self.val_dataset if self.val_dataset is not None else self._val_split()
             self.predict_dataset = self.test_dataset
-        if stage in (None, "predict") and self.predict_dir is not None:
-            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
+        self._setup_predict_dir(stage)
 
     def _collate_fn(self) -> Any:
         return collate_instances

@@ -93,6 +93,16 @@ class SplitLoaders:
     test_dataset: Dataset | None
     predict_dataset: Dataset | None
 
+    predict_dir: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_channels: int
+
+    def _setup_predict_dir(self, stage: str | None) -> None:
+        """With ``predict_dir``, prediction runs on that folder's images (normalised like the training data)."""
+        if stage in (None, "predict") and self.predict_dir is not None:
+            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
+
     def _collate_fn(self) -> Callable[[Any], Any] | None:
         """The collate function of the labelled splits (a picklable function, for worker processes)."""
         return None

@@ -46,7 +46,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from segen.data.loaders import SplitLoaders
-from segen.data.predict import ImageFolderDataset
 from segen.inference.postprocess import boxes_from_masks
 
 __all__ = ["SHAPE_NAMES", "ShapesDataModule", "ShapesDataset", "collate_instances", "denormalize"]
@@ -529,8 +528,7 @@ class ShapesDataModule(SplitLoaders, LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_dataset = ShapesDataset(self.num_test, split="test", **self._dataset_kwargs)
             self.predict_dataset = self.test_dataset
-        if stage in (None, "predict") and self.predict_dir is not None:
-            self.predict_dataset = ImageFolderDataset(self.predict_dir, self.mean, self.std, self.in_channels)
+        self._setup_predict_dir(stage)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map loader images (``[B, 3, H, W]`` or ``[3, H, W]``) back to ``[0, 1]``."""

@@ -44,6 +44,7 @@ from segen.metrics import build_fid, build_kid, real_sample_count
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.diffaugment import diff_augment, parse_policy
 from segen.registry import lookup
+from segen.tasks._parts import build_module, drop_object_hparams
 
 __all__ = ["GANTask", "max_steps_for"]
 
@@ -61,21 +62,6 @@ _DEFAULT_ADAM = {"ns": (2e-4, (0.5, 0.999)), "hinge": (2e-4, (0.5, 0.999)), "wga
 def max_steps_for(generator_steps: int, n_critic: int = 1) -> int:
     """The ``Trainer(max_steps=...)`` that gives ``generator_steps`` generator updates (see the module docstring)."""
     return generator_steps * (n_critic + 1)
-
-
-def _build(factory: Any, default: type[nn.Module], role: str, **shape: Any) -> nn.Module:
-    if factory is None:
-        return default(**shape)
-    if isinstance(factory, nn.Module):
-        return factory
-    if callable(factory):
-        module = factory(**shape)
-        if not isinstance(module, nn.Module):
-            raise TypeError(
-                f"the {role} factory {factory!r} returned {type(module).__name__}, expected an nn.Module"
-            )
-        return module
-    raise TypeError(f"{role} must be an nn.Module, a factory of one, or None; got {type(factory).__name__}")
 
 
 class GANTask(LightningModule):
@@ -151,20 +137,22 @@ class GANTask(LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"GANTask: ema_decay must be in (0, 1) or None, got {ema_decay!r}")
         self.save_hyperparameters()
-        for key in (
-            "generator",
-            "discriminator",
-            "optimizer_g",
-            "optimizer_d",
-            "scheduler_g",
-            "scheduler_d",
-            "fid_feature",
-        ):
-            if key in self.hparams and not isinstance(self.hparams[key], (dict, str, type(None))):
-                del self.hparams[key]  # Python objects are not config (see SegmentationTask)
+        drop_object_hparams(
+            self.hparams,
+            (
+                "generator",
+                "discriminator",
+                "optimizer_g",
+                "optimizer_d",
+                "scheduler_g",
+                "scheduler_d",
+                "fid_feature",
+            ),
+            (dict, str, type(None)),  # fid_feature may be a name
+        )
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
         self.num_classes = num_classes
-        self.generator = _build(
+        self.generator = build_module(
             generator,
             DCGANGenerator,
             "generator",
@@ -173,7 +161,7 @@ class GANTask(LightningModule):
             latent_dim=latent_dim,
             num_classes=num_classes,
         )
-        self.discriminator = _build(
+        self.discriminator = build_module(
             discriminator,
             DCGANDiscriminator,
             "discriminator",

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
 from segen.nets.maskrcnn import build_maskrcnn
+from segen.tasks._parts import drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["InstanceSegmentationTask"]
@@ -62,9 +63,7 @@ class InstanceSegmentationTask(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for key in ("optimizer", "scheduler"):  # Python callables are not config (see SegmentationTask)
-            if key in self.hparams and not isinstance(self.hparams[key], (dict, type(None))):
-                del self.hparams[key]
+        drop_object_hparams(self.hparams, ("optimizer", "scheduler"))
         self.num_classes = num_classes
         self.model = build_maskrcnn(
             num_classes,

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from segen.inference import sliding_window
 from segen.losses import build_loss
 from segen.nets.unet import UNet
+from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["NetFactory", "SegmentationTask", "build_net"]
@@ -34,18 +35,7 @@ NetFactory = Callable[[int, int], nn.Module]
 
 def build_net(net: NetFactory | nn.Module | None, in_channels: int, num_classes: int) -> nn.Module:
     """The task's network: ``net`` itself if it is a module, else ``net(in_channels=..., num_classes=...)``."""
-    if net is None:
-        return UNet(in_channels=in_channels, num_classes=num_classes)
-    if isinstance(net, nn.Module):
-        return net
-    if callable(net):
-        module = net(in_channels=in_channels, num_classes=num_classes)
-        if not isinstance(module, nn.Module):
-            raise TypeError(
-                f"the net factory {net!r} returned {type(module).__name__}, expected an nn.Module"
-            )
-        return module
-    raise TypeError(f"net must be an nn.Module, a factory of one, or None; got {type(net).__name__}")
+    return build_module(net, UNet, "net", in_channels=in_channels, num_classes=num_classes)
 
 
 class SegmentationTask(LightningModule):
@@ -98,9 +88,7 @@ class SegmentationTask(LightningModule):
         # Objects that are not config (a module or callable built in Python) are not stored as hyper-parameters, so
         # checkpoints stay loadable with weights_only=True. From a config (the CLI) they are stored as class_path dicts
         # and load_from_checkpoint rebuilds them; from Python, pass net=... again to load_from_checkpoint.
-        for key in ("net", "optimizer", "scheduler"):
-            if key in self.hparams and not isinstance(self.hparams[key], (dict, type(None))):
-                del self.hparams[key]
+        drop_object_hparams(self.hparams, ("net", "optimizer", "scheduler"))
         self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
         self.net = build_net(net, in_channels=in_channels, num_classes=num_classes)
         self.criterion = build_loss(loss, ignore_index=ignore_index, **(loss_kwargs or {}))

@@ -12,6 +12,7 @@ same noise as an unbroken one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from segen.losses.vae import ELBO, LIKELIHOODS, bits_per_dim, elbo, log_normal, negative_log_likelihood
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.registry import lookup
+from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VAETask"]
@@ -34,16 +36,6 @@ EncoderFactory = Callable[
 DecoderFactory = Callable[[int, int, int, int | None], nn.Module]
 
 _OUT_PER_CHANNEL = {"bernoulli": 1, "gaussian": 1, "logistic": 2}
-
-
-def _build(factory: Any, default: Callable[..., nn.Module], role: str, **shape: Any) -> nn.Module:
-    if factory is None:
-        return default(**shape)
-    if isinstance(factory, nn.Module):
-        return factory
-    if callable(factory):
-        return factory(**{k: v for k, v in shape.items() if k != "out_per_channel"})
-    raise TypeError(f"{role} must be an nn.Module, a factory of one, or None; got {type(factory).__name__}")
 
 
 class VAETask(LightningModule):
@@ -95,14 +87,14 @@ class VAETask(LightningModule):
                 f"{iwae_samples}"
             )
         self.save_hyperparameters()
-        for key in ("encoder", "decoder", "optimizer", "scheduler"):
-            if key in self.hparams and not isinstance(self.hparams[key], (dict, type(None))):
-                del self.hparams[key]  # Python objects are not config (see SegmentationTask)
+        drop_object_hparams(self.hparams, ("encoder", "decoder", "optimizer", "scheduler"))
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
         self.num_classes, self.likelihood = num_classes, kind
         shape = dict(channels=channels, image_size=image_size, latent_dim=latent_dim, num_classes=num_classes)
-        self.encoder = _build(encoder, VAEEncoder, "encoder", **shape)
-        self.decoder = _build(decoder, VAEDecoder, "decoder", **shape, out_per_channel=_OUT_PER_CHANNEL[kind])
+        self.encoder = build_module(encoder, VAEEncoder, "encoder", **shape)
+        # factories get the shape only; the default decoder also its outputs per channel (2 for the logistic)
+        default_decoder = functools.partial(VAEDecoder, out_per_channel=_OUT_PER_CHANNEL[kind])
+        self.decoder = build_module(decoder, default_decoder, "decoder", **shape)
         # the gaussian likelihood's scale is learned (a calibrated decoder; sigma = 1 would make the KL dominate)
         self.log_scale = nn.Parameter(torch.zeros(())) if kind == "gaussian" else None
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler

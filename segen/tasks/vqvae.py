@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from segen.nets.vq import VectorQuantizer, VQDecoder, VQEncoder, VQOutput
+from segen.tasks._parts import drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VQVAETask"]
@@ -61,9 +62,7 @@ class VQVAETask(LightningModule):
                 f"VQVAETask: image_size {image_size} is not divisible by 2**num_downsamples = {2**num_downsamples}"
             )
         self.save_hyperparameters()
-        for key in ("optimizer", "scheduler"):
-            if key in self.hparams and not isinstance(self.hparams[key], (dict, type(None))):
-                del self.hparams[key]
+        drop_object_hparams(self.hparams, ("optimizer", "scheduler"))
         self.channels, self.image_size = channels, image_size
         self.encoder = VQEncoder(channels, embedding_dim, hidden, num_downsamples, num_res_blocks)
         self.quantizer = VectorQuantizer(num_embeddings, embedding_dim, commitment, decay)
