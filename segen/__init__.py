@@ -1,6 +1,12 @@
 """segen: image segmentation and image generation as PyTorch Lightning tasks and data modules."""
 
-from segen.callbacks import MaskWriter, SampleImageLogger, SegmentationImageLogger
+from segen.callbacks import (
+    LatentTraversalLogger,
+    MaskWriter,
+    ReconstructionLogger,
+    SampleImageLogger,
+    SegmentationImageLogger,
+)
 from segen.data import (
     CIFAR10DataModule,
     CityscapesDataModule,
@@ -24,7 +30,7 @@ from segen.nets import (
     StyleGAN2Generator,
     UNet,
 )
-from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask, VQVAETask
+from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask, VQPriorTask, VQVAETask
 
 __version__ = "0.1.0"
 
@@ -44,9 +50,11 @@ __all__ = [
     "GANTask",
     "ImageFolderDataModule",
     "InstanceSegmentationTask",
+    "LatentTraversalLogger",
     "MNISTDataModule",
     "MaskFolderDataModule",
     "MaskWriter",
+    "ReconstructionLogger",
     "SampleImageLogger",
     "SegmentationImageLogger",
     "SegmentationTask",
@@ -57,6 +65,7 @@ __all__ = [
     "UNet",
     "VAETask",
     "VOCDataModule",
+    "VQPriorTask",
     "VQVAETask",
     "__version__",
     "dice_ce_loss",

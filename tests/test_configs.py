@@ -52,8 +52,10 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
             "--model.val_window=32",
         ]
     gan = ["--data.batch_size=8", "--data.num_workers=0"]
-    if stem.startswith(("dcgan", "cgan", "stylegan")):
+    if stem.startswith(("dcgan", "cgan", "stylegan", "vae", "cvae", "vqvae_prior")):
         gan = ["--model.fid_samples=64", *gan]
+    if stem.startswith("vqvae_prior_"):
+        gan = [f"--model.vqvae={stage_one_checkpoint(stem, tmp_path)}", *gan]
     if stem.endswith("_mnist"):
         write_mnist(tmp_path / "mnist")
         return [*gan, f"--data.root={tmp_path / 'mnist'}"]
@@ -79,6 +81,23 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
             "--data.batch_size=2",
         ]
     return []
+
+
+def stage_one_checkpoint(stem: str, tmp_path: Path) -> Path:
+    """An (untrained) VQ-VAE checkpoint built from the stage-1 config the prior config belongs to."""
+    import yaml
+    from lightning.pytorch import Trainer
+
+    from segen import VQVAETask
+
+    stage_one = yaml.safe_load((CONFIGS[0].parent / f"{stem.replace('_prior', '')}.yaml").read_text())
+    channels = 3 if stem.endswith("_cifar10") else 1
+    vqvae = VQVAETask(channels=channels, image_size=32, **stage_one["model"]["init_args"])
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(vqvae)
+    path = tmp_path / "stage1" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
 
 
 def test_there_are_configs():

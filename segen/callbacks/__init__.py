@@ -3,6 +3,14 @@ writer of ``segen predict``'s colourised masks; sample grids of generative tasks
 
 from segen.callbacks.images import SegmentationImageLogger
 from segen.callbacks.predictions import MaskWriter, palette_image
-from segen.callbacks.samples import SampleImageLogger, slerp
+from segen.callbacks.samples import LatentTraversalLogger, ReconstructionLogger, SampleImageLogger, slerp
 
-__all__ = ["MaskWriter", "SampleImageLogger", "SegmentationImageLogger", "palette_image", "slerp"]
+__all__ = [
+    "LatentTraversalLogger",
+    "MaskWriter",
+    "ReconstructionLogger",
+    "SampleImageLogger",
+    "SegmentationImageLogger",
+    "palette_image",
+    "slerp",
+]

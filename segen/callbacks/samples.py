@@ -1,8 +1,15 @@
-"""Sample grids of generative tasks, for every logger and as PNG files in the run's folder.
+"""Image grids of generative tasks, for every logger and as PNG files in the run's folder.
 
-Works with any task that has ``sample(n, labels=None, noise=None)`` returning images in ``[-1, 1]``, a
-``latent_dim`` and optionally ``num_classes`` and a ``fixed_noise`` buffer (GANTask, VAETask). Using the task's
-fixed noise (saved in its checkpoint) makes grids of different epochs, and of a resumed run, directly comparable.
+* :class:`SampleImageLogger`: samples, one row per class, and latent interpolations. Works with any task that has
+  ``sample(n, labels=None, noise=None)`` returning images in ``[-1, 1]``, a ``latent_dim`` and optionally
+  ``num_classes`` and a ``fixed_noise`` buffer (GANTask, VAETask); a task without ``latent_dim`` (the VQ-VAE prior)
+  gets ``sample(n, labels=..., generator=<seeded>)`` and no interpolations. The task's fixed noise (saved in its
+  checkpoint) makes grids of different epochs, and of a resumed run, directly comparable.
+* :class:`ReconstructionLogger`: validation images above their reconstructions (``task.reconstruct``; VAETask,
+  VQVAETask).
+* :class:`LatentTraversalLogger`: for a VAE, one row per latent dimension, that dimension swept over
+  ``[-span, span]`` around an image's posterior mean; the rows are the dimensions with the largest KL first (the
+  active units), so the grid shows what the model uses.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from torchvision.utils import make_grid
 
 from segen.callbacks.images import log_image_grid
 
-__all__ = ["SampleImageLogger", "slerp"]
+__all__ = ["LatentTraversalLogger", "ReconstructionLogger", "SampleImageLogger", "slerp"]
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -68,31 +75,31 @@ class SampleImageLogger(Callback):
         )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+        if not _due(trainer, self.every_n_epochs):
             return
         epoch = trainer.current_epoch
         num_classes = getattr(pl_module, "num_classes", None)
+        latent = getattr(pl_module, "latent_dim", None) is not None
         n = self.num_images
-        noise = self._noise(pl_module, n)
+
+        def sample(count: int, labels: Tensor | None, noise_rows: int) -> Tensor:
+            if latent:
+                noise = self._noise(pl_module, noise_rows)
+                return pl_module.sample(count, labels=labels, noise=noise.repeat(count // noise_rows, 1))
+            # no latent (an autoregressive prior): a seeded generator, so epochs stay comparable
+            return pl_module.sample(count, labels=labels, generator=torch.Generator().manual_seed(0))
+
         labels = torch.arange(n, device=pl_module.device) % num_classes if num_classes else None
         nrow = max(1, int(math.sqrt(n)))
-        log_image_grid(
-            trainer,
-            "samples",
-            _grid(pl_module.sample(n, labels=labels, noise=noise), nrow),
-            f"samples_epoch{epoch:03d}.png",
-        )
+        log_image_grid(trainer, "samples", _grid(sample(n, labels, n), nrow), f"samples_epoch{epoch:03d}.png")
         if num_classes:
-            columns = 8
-            column_noise = self._noise(pl_module, columns).repeat(num_classes, 1)  # (K * 8, D)
+            columns = 8  # with a latent: the same noise in every row, so only the class changes down a column
             class_labels = torch.arange(num_classes, device=pl_module.device).repeat_interleave(columns)
-            images = pl_module.sample(len(class_labels), labels=class_labels, noise=column_noise)
+            images = sample(len(class_labels), class_labels, columns)
             log_image_grid(
                 trainer, "samples_by_class", _grid(images, columns), f"samples_by_class_epoch{epoch:03d}.png"
             )
-        if self.num_interpolations:
+        if self.num_interpolations and latent:
             ends = self._noise(pl_module, 2 * self.num_interpolations)
             t = torch.linspace(0, 1, self.interpolation_steps, device=ends.device)
             path = torch.cat([slerp(ends[2 * i], ends[2 * i + 1], t) for i in range(self.num_interpolations)])
@@ -111,3 +118,117 @@ class SampleImageLogger(Callback):
                 _grid(images, self.interpolation_steps),
                 f"interpolations_epoch{epoch:03d}.png",
             )
+
+
+def _due(trainer: Trainer, every_n_epochs: int) -> bool:
+    """Log on rank 0, after real validations (not the sanity check), every ``every_n_epochs`` epochs."""
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return False
+    return (trainer.current_epoch + 1) % every_n_epochs == 0
+
+
+def fixed_validation_batch(trainer: Trainer, n: int) -> tuple[Tensor, Tensor | None]:
+    """The first ``n`` validation items ``(images (n, C, H, W), labels (n,) or None)``: from the data module's
+    ``val_dataset`` when it has one, else from the validation loader(s)."""
+    dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
+    if dataset is not None:
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        batch = [torch.stack([torch.as_tensor(item[j]) for item in items]) for j in range(len(items[0]))]
+    else:
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
+            raise RuntimeError("the image logger needs validation data (a val_dataset or a val dataloader)")
+        parts: list[list[Tensor]] = []
+        for batch_ in loader:
+            batch_ = batch_ if isinstance(batch_, (list, tuple)) else [batch_]
+            parts.append(list(batch_))
+            if sum(len(p[0]) for p in parts) >= n:
+                break
+        batch = [torch.cat([p[j] for p in parts])[:n] for j in range(len(parts[0]))]
+    images = batch[0]
+    labels = batch[1].long() if len(batch) > 1 and batch[1].ndim == 1 else None
+    return images, labels
+
+
+class ReconstructionLogger(Callback):
+    """Fixed validation images (row 1) above their reconstructions (row 2), ``num_images`` per row, for tasks with
+    ``reconstruct(images[, labels])``; labels go to conditional tasks (``num_classes`` set)."""
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        if num_images < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"ReconstructionLogger: num_images and every_n_epochs must be >= 1, got {num_images}, "
+                f"{every_n_epochs}"
+            )
+        self.num_images, self.every_n_epochs = num_images, every_n_epochs
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not _due(trainer, self.every_n_epochs):
+            return
+        images, labels = fixed_validation_batch(trainer, self.num_images)
+        images = images.to(pl_module.device)
+        if getattr(pl_module, "num_classes", None) and labels is not None:
+            recon = pl_module.reconstruct(images, labels.to(pl_module.device))
+        else:
+            recon = pl_module.reconstruct(images)
+        grid = _grid(torch.cat([images, recon.to(images.dtype)]), len(images))  # inputs above reconstructions
+        log_image_grid(
+            trainer, "reconstructions", grid, f"reconstructions_epoch{trainer.current_epoch:03d}.png"
+        )
+
+
+class LatentTraversalLogger(Callback):
+    """For a VAE (``encode(images[, labels]) -> (mu, logvar)`` and ``sample(n, labels, noise)``): one row per
+    latent dimension, ``steps`` images with that dimension set to ``linspace(-span, span)`` and the others at the
+    posterior mean of the first validation image. Rows: the ``num_dims`` dimensions with the largest mean KL over
+    ``num_images`` validation images, largest first."""
+
+    def __init__(
+        self,
+        num_dims: int = 8,
+        steps: int = 9,
+        span: float = 3.0,
+        num_images: int = 64,
+        every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_dims < 1 or steps < 2 or span <= 0 or num_images < 1 or every_n_epochs < 1:
+            raise ValueError(
+                "LatentTraversalLogger: num_dims >= 1, steps >= 2, span > 0, num_images >= 1 and every_n_epochs >= 1 "
+                f"are required, got {num_dims}, {steps}, {span}, {num_images}, {every_n_epochs}"
+            )
+        self.num_dims, self.steps, self.span = num_dims, steps, span
+        self.num_images, self.every_n_epochs = num_images, every_n_epochs
+        self.last_dims: list[int] = []
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not _due(trainer, self.every_n_epochs):
+            return
+        if not callable(getattr(pl_module, "encode", None)) or getattr(pl_module, "latent_dim", None) is None:
+            raise TypeError(
+                f"LatentTraversalLogger needs a task with encode(images) -> (mu, logvar) and latent_dim (a VAE); "
+                f"{type(pl_module).__name__} has none"
+            )
+        images, labels = fixed_validation_batch(trainer, self.num_images)
+        conditional = bool(getattr(pl_module, "num_classes", None)) and labels is not None
+        labels = labels.to(pl_module.device) if conditional else None
+        mu, logvar = pl_module.encode(images.to(pl_module.device), labels)  # (N, Z) each
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).mean(0)  # (Z,) mean KL per dimension, nats
+        dims = kl.argsort(descending=True)[: min(self.num_dims, len(kl))]
+        self.last_dims = dims.tolist()
+        values = torch.linspace(-self.span, self.span, self.steps, device=mu.device)
+        z = mu[:1].repeat(len(dims) * self.steps, 1)  # (rows * steps, Z)
+        for row, dim in enumerate(dims):
+            z[row * self.steps : (row + 1) * self.steps, dim] = values
+        row_labels = labels[:1].repeat(len(z)) if labels is not None else None
+        samples = pl_module.sample(len(z), labels=row_labels, noise=z)
+        log_image_grid(
+            trainer,
+            "traversals",
+            _grid(samples, self.steps),
+            f"traversals_epoch{trainer.current_epoch:03d}.png",
+        )

@@ -3,6 +3,7 @@
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segen.nets.maskrcnn import build_maskrcnn
+from segen.nets.pixelcnn import GatedPixelCNN
 from segen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from segen.nets.unet import UNet
 from segen.nets.vae import VAEDecoder, VAEEncoder
@@ -13,6 +14,7 @@ __all__ = [
     "DCGANGenerator",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "GatedPixelCNN",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "UNet",

@@ -57,6 +57,8 @@ class VectorQuantizer(nn.Module):
         eps: Laplace smoothing of the cluster sizes, so that no code divides by zero.
         dead_threshold: a code whose EMA cluster size (expected assignments per batch) is below this is dead.
         restart_every: restart dead codes every this many training forward passes; ``0`` never restarts.
+        seed: seed of the generator that picks restart vectors (its state is in the state dict, so a resumed run
+            restarts the same codes as an unbroken one).
 
     Initialisation: codes are drawn from N(0, 1), and each starts with one pseudo-observation at its own position
     (``cluster_size = 1``, ``embed_sum = embedding``), so ``embedding == embed_sum / cluster_size`` holds from the
@@ -68,7 +70,8 @@ class VectorQuantizer(nn.Module):
     update; with one, an unused code keeps its position while its cluster size decays until it is restarted.
 
     Buffers (all in the state dict): ``embedding`` (K, D), ``cluster_size`` (K,) and ``embed_sum`` (K, D) — the raw
-    EMAs, the Laplace smoothing is applied when dividing — and ``steps``, the count of training forward passes.
+    EMAs, the Laplace smoothing is applied when dividing — and ``steps``, the count of training forward passes; the
+    restart generator's state is the module's extra state (``_extra_state`` in the state dict).
     """
 
     embedding: Tensor
@@ -85,6 +88,7 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
         dead_threshold: float = 1.0,
         restart_every: int = 100,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -115,12 +119,20 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(num_embeddings))
         self.register_buffer("embed_sum", embedding.clone())
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # restarts draw from the module's own generator, saved in the state dict (get_extra_state): exact resume
+        self.rng = torch.Generator().manual_seed(seed)
 
     def extra_repr(self) -> str:
         return (
             f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
             f"commitment={self.commitment}, decay={self.decay}, restart_every={self.restart_every}"
         )
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {"rng": self.rng.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.rng.set_state(state["rng"])
 
     # ------------------------------------------------------------------------------------------------ lookups
     def distances(self, flat: Tensor) -> Tensor:
@@ -136,6 +148,20 @@ class VectorQuantizer(nn.Module):
                 flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1)[None, :], flat, codes.t(), alpha=-2.0
             )
 
+    @torch.no_grad()
+    def nearest(self, z: Tensor) -> Tensor:
+        """The nearest code's index per position, without any update: ``(B, D, H, W) -> (B, H, W)`` long."""
+        self._check(z)
+        b, d, h, w = z.shape
+        return self.distances(z.movedim(1, -1).reshape(-1, d)).argmin(dim=1).view(b, h, w)
+
+    def _check(self, z: Tensor) -> None:
+        if z.ndim != 4 or z.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects encoder outputs of shape (B, {self.embedding_dim}, H, W) "
+                f"(embedding_dim={self.embedding_dim}), got {tuple(z.shape)}"
+            )
+
     def lookup(self, indices: Tensor) -> Tensor:
         """Codes for given indices, e.g. from a prior over the latent grid: ``(B, H, W) -> (B, D, H, W)`` fp32."""
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
@@ -144,11 +170,7 @@ class VectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, z: Tensor) -> VQOutput:
-        if z.ndim != 4 or z.shape[1] != self.embedding_dim:
-            raise ValueError(
-                f"{type(self).__name__} expects encoder outputs of shape (B, {self.embedding_dim}, H, W) "
-                f"(embedding_dim={self.embedding_dim}), got {tuple(z.shape)}"
-            )
+        self._check(z)
         b, d, h, w = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
             z32 = z.float()
@@ -197,11 +219,12 @@ class VectorQuantizer(nn.Module):
         if num_dead == 0:
             return
         n = flat.shape[0]
-        # Every rank draws, so all ranks' random streams advance alike; only rank 0's draw is used.
-        pick = torch.randperm(n, device=flat.device)[:num_dead] if n >= num_dead else None
-        if pick is None:  # fewer vectors than dead codes: sample with replacement
-            pick = torch.randint(n, (num_dead,), device=flat.device)
-        new = flat[pick].float().contiguous()  # (num_dead, D)
+        # Every rank draws from its own (identically seeded) generator; only rank 0's draw is used.
+        if n >= num_dead:
+            pick = torch.randperm(n, generator=self.rng)[:num_dead]
+        else:  # fewer vectors than dead codes: sample with replacement
+            pick = torch.randint(n, (num_dead,), generator=self.rng)
+        new = flat[pick.to(flat.device)].float().contiguous()  # (num_dead, D)
         if _distributed():
             dist.broadcast(new, src=0)
         self.embedding[dead] = new.to(self.embedding.dtype)

@@ -4,6 +4,15 @@ from segen.tasks.gan import GANTask, max_steps_for
 from segen.tasks.instance import InstanceSegmentationTask
 from segen.tasks.segmentation import SegmentationTask
 from segen.tasks.vae import VAETask
+from segen.tasks.vq_prior import VQPriorTask
 from segen.tasks.vqvae import VQVAETask
 
-__all__ = ["GANTask", "InstanceSegmentationTask", "SegmentationTask", "VAETask", "VQVAETask", "max_steps_for"]
+__all__ = [
+    "GANTask",
+    "InstanceSegmentationTask",
+    "SegmentationTask",
+    "VAETask",
+    "VQPriorTask",
+    "VQVAETask",
+    "max_steps_for",
+]

@@ -26,7 +26,6 @@ GradScaler is updated once per iteration, after the last optimizer step (see ``_
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,7 +39,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 
 from segen.losses.adversarial import ADVERSARIAL_LOSSES, gradient_penalty, r1_penalty
-from segen.metrics import build_fid, build_kid, real_sample_count
+from segen.metrics.sample_quality import SampleQualityHooks, resolve_fid_feature
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.diffaugment import diff_augment, parse_policy
 from segen.registry import lookup
@@ -64,7 +63,7 @@ def max_steps_for(generator_steps: int, n_critic: int = 1) -> int:
     return generator_steps * (n_critic + 1)
 
 
-class GANTask(LightningModule):
+class GANTask(SampleQualityHooks, LightningModule):
     """A GAN: generator and discriminator, adversarial loss, regularisers, EMA generator, FID/KID.
 
     Args:
@@ -95,7 +94,10 @@ class GANTask(LightningModule):
     @property
     def monitor(self) -> tuple[str, str] | None:
         """What the CLI's checkpoint callback tracks: ``val/fid`` when there is a feature network, else nothing."""
-        return ("val/fid", "min") if self._feature() is not None else None
+        feature = resolve_fid_feature(
+            "GANTask", self.fid_feature, self.channels, self.hparams.inception_weights
+        )
+        return ("val/fid", "min") if feature is not None else None
 
     def __init__(
         self,
@@ -190,8 +192,6 @@ class GANTask(LightningModule):
         self.generator_steps = 0
         self.discriminator_steps = 0
         # FID/KID live outside the module tree: their feature network must not enter checkpoints (see setup)
-        self._metrics: dict[str, Any] = {}
-        self._real_stats_ready = False
 
     # ------------------------------------------------------------------ sampling
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -384,70 +384,18 @@ class GANTask(LightningModule):
             ema_buffer.copy_(buffer)
 
     # ------------------------------------------------------------------ evaluation
-    def setup(self, stage: str) -> None:
-        """Build FID and KID once (the digits feature network is trained and cached on first use)."""
-        if self._metrics or stage not in ("fit", "validate"):
-            return
-        feature = self._feature()
-        if feature is not None:
-            weights = self.hparams.inception_weights
-            self._metrics["fid"] = build_fid(feature, weights_path=weights, reset_real_features=False)
-            self._kid_subset_size = min(100, self.hparams.fid_samples)
-            self._metrics["kid"] = build_kid(
-                feature, weights_path=weights, reset_real_features=False, subset_size=self._kid_subset_size
-            )
-
-    def on_validation_epoch_start(self) -> None:
-        for metric in self._metrics.values():
-            metric.to(self.device)
-
-    def _feature(self) -> Any:
-        feature, weights = self.fid_feature, self.hparams.inception_weights
-        if feature == "auto":
-            if self.channels == 1:
-                return "digits"
-            return "inception" if weights else None
-        if feature == "inception" and weights is None:
-            raise ValueError(
-                "GANTask: fid_feature='inception' needs inception_weights=<local file>; nothing is downloaded"
-            )
-        return feature
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         real, labels = self._unpack(batch)
         # D's mean score on held-out real images: falling while the training scores rise means D memorises
         with torch.no_grad():
             scores = self.discriminator(real, labels) if self.num_classes else self.discriminator(real)
         self.log("val/d_real", scores.float().mean(), batch_size=real.shape[0], sync_dist=True)
-        if not self._metrics or self._real_stats_ready or self.trainer.sanity_checking:
-            return
-        for metric in self._metrics.values():
-            metric.update(real, real=True)
+        self.add_real_images(real)
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._metrics or self.trainer.sanity_checking:
-            return
-        self._real_stats_ready = True
-        world = self.trainer.world_size
-        n = math.ceil(self.hparams.fid_samples / world)
-        rng = torch.Generator().manual_seed(
-            self.hparams.seed + 2 + self.global_rank
-        )  # the same noise every time
-        batch = 256
-        for start in range(0, n, batch):
-            size = min(batch, n - start)
-            noise = torch.randn(size, self.latent_dim, generator=rng)
-            labels = torch.randint(0, self.num_classes, (size,), generator=rng) if self.num_classes else None
-            fake = self.sample(size, labels=labels, noise=noise)
-            for metric in self._metrics.values():
-                metric.update(fake, real=False)
-        fid, kid = self._metrics["fid"], self._metrics["kid"]
-        # KID's subsets cannot be larger than the sample counts (a small validation split, fast_dev_run)
-        kid.subset_size = max(2, min(self._kid_subset_size, real_sample_count(kid), n))
-        kid_mean, _ = kid.compute()  # torchmetrics gathers every rank's features: the same value on all ranks
-        self.log_dict({"val/fid": fid.compute(), "val/kid": kid_mean})
-        for metric in self._metrics.values():
-            metric.reset()  # real statistics are kept (reset_real_features=False); only the fakes are dropped
+    def draw_samples(self, n: int, rng: torch.Generator) -> Tensor:
+        noise = torch.randn(n, self.latent_dim, generator=rng)
+        labels = torch.randint(0, self.num_classes, (n,), generator=rng) if self.num_classes else None
+        return self.sample(n, labels=labels, noise=noise)
 
     # ------------------------------------------------------------------ optimizers and checkpoints
     def configure_optimizers(self) -> Any:

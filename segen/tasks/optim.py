@@ -59,7 +59,7 @@ def configure_optimizers(
 ) -> dict[str, Any]:
     """A task's ``configure_optimizers``: the user's callables when given, else AdamW with warm-up and cosine."""
     if optimizer_fn is not None:
-        optimizer = optimizer_fn(module.parameters())
+        optimizer = optimizer_fn([p for p in module.parameters() if p.requires_grad])  # frozen parts excluded
     else:
         optimizer = torch.optim.AdamW(param_groups(module, weight_decay), lr=lr)
     if scheduler_fn is not None:

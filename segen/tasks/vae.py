@@ -4,7 +4,7 @@ Every number is in **nats per image** (see :mod:`segen.losses.vae`): ``train/los
 minimised; ``train/elbo`` and ``val/elbo`` are the ELBO itself (``-(recon + kl)``, beta = 1, higher is better);
 ``val/bpd`` converts ``-val/elbo`` to bits per dimension; ``val/nll_iwae`` is the importance-weighted bound with
 ``iwae_samples`` samples (at most ``-val/elbo``, tighter as ``k`` grows); ``val/mse`` is the reconstruction error
-of the decoder's mean on ``[-1, 1]``.
+of the decoder's mean on ``[-1, 1]``; ``val/fid`` and ``val/kid`` measure samples from the prior (see ``fid_feature``).
 
 The reparameterisation noise comes from the task's own generator, saved in checkpoints, so a resumed run draws the
 same noise as an unbroken one.
@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from segen.losses.vae import ELBO, LIKELIHOODS, bits_per_dim, elbo, log_normal, negative_log_likelihood
+from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
@@ -38,7 +39,7 @@ DecoderFactory = Callable[[int, int, int, int | None], nn.Module]
 _OUT_PER_CHANNEL = {"bernoulli": 1, "gaussian": 1, "logistic": 2}
 
 
-class VAETask(LightningModule):
+class VAETask(SampleQualityHooks, LightningModule):
     """A (conditional, beta-) VAE with a Gaussian posterior and a standard normal prior.
 
     Args:
@@ -54,6 +55,9 @@ class VAETask(LightningModule):
         lr, weight_decay, warmup_steps, optimizer, scheduler: segen's default AdamW with warm-up and cosine decay, or
             LightningCLI callables replacing it.
         iwae_samples: ``k`` of the importance-weighted bound at validation (0 disables ``val/nll_iwae``).
+        fid_feature, inception_weights, fid_samples: ``val/fid`` and ``val/kid`` of ``fid_samples`` samples against
+            the validation images, as for :class:`~segen.tasks.gan.GANTask` (``"auto"``: the digits classifier for
+            1-channel data, Inception with a local weights file, else none; ``None`` turns them off).
         num_fixed_samples, seed: fixed latents for sample grids (in the checkpoint) and the noise generator's seed.
     """
 
@@ -76,6 +80,9 @@ class VAETask(LightningModule):
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         iwae_samples: int = 16,
+        fid_feature: str | nn.Module | None = "auto",
+        inception_weights: str | None = None,
+        fid_samples: int = 2048,
         num_fixed_samples: int = 64,
         seed: int = 0,
     ) -> None:
@@ -88,6 +95,7 @@ class VAETask(LightningModule):
             )
         self.save_hyperparameters()
         drop_object_hparams(self.hparams, ("encoder", "decoder", "optimizer", "scheduler"))
+        drop_object_hparams(self.hparams, ("fid_feature",), (dict, str, type(None)))  # a name is config
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
         self.num_classes, self.likelihood = num_classes, kind
         shape = dict(channels=channels, image_size=image_size, latent_dim=latent_dim, num_classes=num_classes)
@@ -101,6 +109,7 @@ class VAETask(LightningModule):
         fixed = torch.Generator().manual_seed(seed + 1)
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim, generator=fixed))
         self.noise_rng = torch.Generator().manual_seed(seed)
+        self.fid_feature = fid_feature
 
     # ------------------------------------------------------------------ model
     def _labels(self, labels: Tensor | None) -> Tensor | None:
@@ -222,6 +231,12 @@ class VAETask(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val")
+        self.add_real_images(self._unpack(batch)[0])
+
+    def draw_samples(self, n: int, rng: torch.Generator) -> Tensor:
+        noise = torch.randn(n, self.latent_dim, generator=rng)
+        labels = torch.randint(0, self.num_classes, (n,), generator=rng) if self.num_classes else None
+        return self.sample(n, labels=labels, noise=noise)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test")

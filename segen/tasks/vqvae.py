@@ -35,6 +35,7 @@ class VQVAETask(LightningModule):
         hidden, num_downsamples, num_res_blocks: the encoder/decoder (2 downsamplings: 32 px -> an 8x8 code map).
         lr, weight_decay, warmup_steps, optimizer, scheduler: segen's default AdamW with warm-up and cosine decay, or
             LightningCLI callables replacing it.
+        seed: seed of the quantiser's dead-code restarts (their generator is checkpointed: exact resume).
     """
 
     monitor: tuple[str, str] = ("val/recon", "min")
@@ -55,6 +56,7 @@ class VQVAETask(LightningModule):
         warmup_steps: int = 100,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if image_size % 2**num_downsamples:
@@ -65,7 +67,7 @@ class VQVAETask(LightningModule):
         drop_object_hparams(self.hparams, ("optimizer", "scheduler"))
         self.channels, self.image_size = channels, image_size
         self.encoder = VQEncoder(channels, embedding_dim, hidden, num_downsamples, num_res_blocks)
-        self.quantizer = VectorQuantizer(num_embeddings, embedding_dim, commitment, decay)
+        self.quantizer = VectorQuantizer(num_embeddings, embedding_dim, commitment, decay, seed=seed)
         self.decoder = VQDecoder(channels, embedding_dim, hidden, num_downsamples, num_res_blocks)
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
 
@@ -83,6 +85,23 @@ class VQVAETask(LightningModule):
             return self(images.to(self.device))[0].float().clamp(-1, 1)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Code indices ``(B, C, S, S) -> (B, S / 2**num_downsamples, ...)`` long (no EMA update)."""
+        return self.quantizer.nearest(self.encoder(self._images(images.to(self.device))))
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """Images in ``[-1, 1]`` from a code map ``(B, h, w)`` long, e.g. sampled by a prior: ``-> (B, C, S, S)``."""
+        codes = self.quantizer.lookup(indices.to(self.device))  # (B, D, h, w) fp32
+        return self.decoder(codes.to(next(self.decoder.parameters()).dtype)).float().clamp(-1, 1)
+
+    @property
+    def code_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of the code map of one image."""
+        side = self.image_size // 2**self.hparams.num_downsamples
+        return side, side
 
     def _images(self, batch: Any) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -56,7 +56,7 @@ def test_output_shapes_dtypes_and_buffers_in_state_dict():
         assert scalar.shape == () and scalar.dtype == torch.float32
     # The codebook is learned by EMA: no parameters for an optimizer, but everything is checkpointed.
     assert list(vq.parameters()) == []
-    assert set(vq.state_dict()) == set(BUFFERS)
+    assert set(vq.state_dict()) == {*BUFFERS, "_extra_state"}  # the restart generator's state
     restored = VectorQuantizer(8, 4)
     restored.load_state_dict(vq.state_dict())
     for name in BUFFERS:
@@ -354,3 +354,28 @@ def test_encoder_and_decoder_name_bad_inputs():
         VQDecoder(3, 4, hidden=8)(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"hidden must be an integer >= 1, got 0"):
         VQEncoder(3, 4, hidden=0)
+
+
+def test_restarts_after_a_state_dict_round_trip_pick_the_same_vectors():
+    """The restart generator is part of the state: a quantiser restored mid-run restarts exactly like the original."""
+
+    def make(seed: int) -> VectorQuantizer:
+        torch.manual_seed(5)  # the same initial codebook; only the restart generator's seed differs
+        return VectorQuantizer(16, 2, decay=0.5, restart_every=2, dead_threshold=0.9, seed=seed)
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 2, 3, 3, generator=gen) for _ in range(4)]
+    original = make(0)
+    for batch in batches[:2]:
+        original(batch)
+    copy = make(99)
+    copy.load_state_dict(original.state_dict())
+    torch.manual_seed(1234)  # the global RNG does not matter
+    for batch in batches[2:]:
+        original(batch)
+        copy(batch)
+    assert torch.equal(original.embedding, copy.embedding)
+    other = make(99)
+    for batch in batches:
+        other(batch)
+    assert not torch.equal(other.embedding, original.embedding)  # another seed restarts other vectors

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from task_helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from segen import GANTask
@@ -34,16 +35,7 @@ def loader(n: int = 32, batch_size: int = 8, **kwargs) -> DataLoader:
 
 
 def trainer(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"limit_val_batches": 0, "num_sanity_val_steps": 2, **kwargs})
 
 
 def task(**kwargs) -> GANTask:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from task_helpers import assert_same_training_state, fit_and_resume, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from segen import DigitsDataModule
 from segen.tasks.vae import VAETask
 
-
-def trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**{**defaults, **kwargs})
+trainer = quiet_trainer
 
 
 def binary_loader(n: int = 32, batch_size: int = 8) -> DataLoader:
@@ -49,7 +38,7 @@ def test_every_parameter_gets_a_gradient(kwargs):
 def test_fit_logs_the_elbo_in_nats_and_the_iwae_bound_is_tighter(tmp_path):
     torch.manual_seed(0)
     dm = DigitsDataModule(image_size=16, batch_size=64)
-    vae = VAETask(channels=1, image_size=16, latent_dim=8, iwae_samples=32, warmup_steps=5)
+    vae = VAETask(channels=1, image_size=16, latent_dim=8, iwae_samples=32, warmup_steps=5, fid_samples=128)
     fit = trainer(tmp_path, max_epochs=2)
     fit.fit(vae, dm)
     m = fit.callback_metrics
@@ -62,6 +51,9 @@ def test_fit_logs_the_elbo_in_nats_and_the_iwae_bound_is_tighter(tmp_path):
     )
     assert torch.isclose(m["val/bpd"], expected_bpd, rtol=1e-4)
     assert 0 <= m["val/mse"] < 1.0
+    assert m["val/fid"] > 0 and torch.isfinite(
+        m["val/kid"]
+    )  # samples in the digits classifier's feature space
 
 
 def test_training_lowers_the_negative_elbo(tmp_path):
@@ -108,3 +100,28 @@ def test_checkpoint_reload_without_arguments_and_bf16(tmp_path):
     noise = vae.fixed_noise[:3]
     assert torch.equal(again.sample(3, noise=noise), vae.sample(3, noise=noise))
     assert torch.equal(again.noise_rng.get_state(), vae.noise_rng.get_state())
+
+
+def test_resume_from_an_epoch_checkpoint_equals_the_unbroken_run(tmp_path):
+    """Mid-warm-up resume: weights, Adam moments, the cosine schedule, the KL ramp and the noise stream all match."""
+
+    def make_task() -> VAETask:
+        return VAETask(
+            channels=1,
+            image_size=16,
+            latent_dim=4,
+            num_classes=10,
+            kl_warmup_steps=30,
+            warmup_steps=5,
+            iwae_samples=2,
+            fid_feature=None,
+        )
+
+    def make_data() -> DigitsDataModule:
+        return DigitsDataModule(image_size=16, batch_size=128, conditional=True)
+
+    unbroken, resumed, a, b = fit_and_resume(make_task, make_data, tmp_path, limit_val_batches=1)
+    assert_same_training_state(unbroken, resumed, a, b)
+    assert a.global_step == 2 * a.num_training_batches
+    assert unbroken.kl_weight() == resumed.kl_weight() < 1.0  # still inside the warm-up
+    assert torch.equal(unbroken.noise_rng.get_state(), resumed.noise_rng.get_state())

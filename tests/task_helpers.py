@@ -1,0 +1,81 @@
+"""What the task tests share: a quiet CPU Trainer, and the exact-resume check (N epochs unbroken == 1 epoch,
+checkpoint, resume for the rest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar, summary or sanity check; ``kwargs`` override."""
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def fit_and_resume(
+    make_task: Callable[[], LightningModule],
+    make_data: Callable[[], LightningDataModule],
+    tmp_path: Path,
+    max_epochs: int = 2,
+    **trainer_kwargs,
+) -> tuple[LightningModule, LightningModule, Trainer, Trainer]:
+    """Fit ``max_epochs`` epochs unbroken, then again from the first epoch's checkpoint; returns both tasks and
+    trainers. The resumed task is built under another seed: the checkpoint, not the initialisation, must decide."""
+
+    def run(ckpt: str | None) -> tuple[LightningModule, Trainer]:
+        torch.manual_seed(123 if ckpt is None else 456)
+        task = make_task()
+        trainer = Trainer(
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)],
+            **trainer_kwargs,
+        )
+        trainer.fit(task, make_data(), ckpt_path=ckpt)
+        return task, trainer
+
+    unbroken, first = run(None)
+    resumed, second = run(str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+    return unbroken, resumed, first, second
+
+
+def assert_same_training_state(
+    unbroken: LightningModule, resumed: LightningModule, a: Trainer, b: Trainer
+) -> None:
+    """Weights and buffers, optimizer moments, scheduler positions and the step count are bit-identical."""
+    assert a.global_step == b.global_step
+    state_a, state_b = unbroken.state_dict(), resumed.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        a_value, b_value = state_a[name], state_b[name]
+        if isinstance(a_value, dict):  # a module's extra state, e.g. a generator's state
+            assert a_value.keys() == b_value.keys(), name
+            assert all(torch.equal(a_value[k], b_value[k]) for k in a_value), name
+        else:
+            assert torch.equal(a_value, b_value), name
+    for opt_a, opt_b in zip(a.optimizers, b.optimizers, strict=True):
+        sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            for field, value in sa[key].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[key][field])), (key, field)
+    for sched_a, sched_b in zip(a.lr_scheduler_configs, b.lr_scheduler_configs, strict=True):
+        assert sched_a.scheduler.state_dict() == sched_b.scheduler.state_dict()
