@@ -6,6 +6,7 @@ from segen.callbacks import (
     ReconstructionLogger,
     SampleImageLogger,
     SegmentationImageLogger,
+    SynthesisImageLogger,
 )
 from segen.data import (
     CIFAR10DataModule,
@@ -26,11 +27,21 @@ from segen.nets import (
     DCGANGenerator,
     DeepLabV3,
     DeepLabV3Plus,
+    MultiscalePatchDiscriminator,
+    SPADEGenerator,
     StyleGAN2Discriminator,
     StyleGAN2Generator,
     UNet,
 )
-from segen.tasks import GANTask, InstanceSegmentationTask, SegmentationTask, VAETask, VQPriorTask, VQVAETask
+from segen.tasks import (
+    GANTask,
+    InstanceSegmentationTask,
+    MaskToImageTask,
+    SegmentationTask,
+    VAETask,
+    VQPriorTask,
+    VQVAETask,
+)
 
 __version__ = "0.1.0"
 
@@ -53,8 +64,11 @@ __all__ = [
     "LatentTraversalLogger",
     "MNISTDataModule",
     "MaskFolderDataModule",
+    "MaskToImageTask",
     "MaskWriter",
+    "MultiscalePatchDiscriminator",
     "ReconstructionLogger",
+    "SPADEGenerator",
     "SampleImageLogger",
     "SegmentationImageLogger",
     "SegmentationTask",
@@ -62,6 +76,7 @@ __all__ = [
     "ShapesDataset",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
+    "SynthesisImageLogger",
     "UNet",
     "VAETask",
     "VOCDataModule",

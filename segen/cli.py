@@ -40,6 +40,8 @@ SHAPE_LINKS: tuple[tuple[str, str], ...] = (
     ("in_channels", "in_channels"),
     ("in_channels", "channels"),
     ("image_size", "image_size"),
+    ("mean", "mean"),  # the data's image normalisation, for tasks that undo it (MaskToImageTask)
+    ("std", "std"),
 )
 
 

@@ -18,6 +18,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs
 
 def data_overrides(stem: str, tmp_path: Path) -> list[str]:
     """Point a config at a fake tree of its data set and shrink it to the fake images (32x48)."""
+    if stem.startswith("spade_"):
+        return [
+            f"--model.segmenter={segmenter_checkpoint(tmp_path)}",
+            "--data.num_train=8",
+            "--data.num_val=8",
+        ]
     if stem.endswith("_voc"):
         write_voc(tmp_path / "voc")
         return [f"--data.root={tmp_path / 'voc'}", "--data.crop_size=32", "--data.batch_size=2"]
@@ -96,6 +102,20 @@ def stage_one_checkpoint(stem: str, tmp_path: Path) -> Path:
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(vqvae)
     path = tmp_path / "stage1" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def segmenter_checkpoint(tmp_path: Path) -> Path:
+    """An (untrained) U-Net checkpoint for the shapes' 4 classes, the segmenter of val/seg_score."""
+    from lightning.pytorch import Trainer
+
+    from segen import SegmentationTask
+
+    task = SegmentationTask(num_classes=4, in_channels=3)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(task)
+    path = tmp_path / "segmenter" / "last.ckpt"
     trainer.save_checkpoint(path)
     return path
 

@@ -3,7 +3,13 @@ writer of ``segen predict``'s colourised masks; sample grids of generative tasks
 
 from segen.callbacks.images import SegmentationImageLogger
 from segen.callbacks.predictions import MaskWriter, palette_image
-from segen.callbacks.samples import LatentTraversalLogger, ReconstructionLogger, SampleImageLogger, slerp
+from segen.callbacks.samples import (
+    LatentTraversalLogger,
+    ReconstructionLogger,
+    SampleImageLogger,
+    SynthesisImageLogger,
+    slerp,
+)
 
 __all__ = [
     "LatentTraversalLogger",
@@ -11,6 +17,7 @@ __all__ = [
     "ReconstructionLogger",
     "SampleImageLogger",
     "SegmentationImageLogger",
+    "SynthesisImageLogger",
     "palette_image",
     "slerp",
 ]

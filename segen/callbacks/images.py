@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["SegmentationImageLogger", "colorize", "log_image_grid", "run_dir"]
+__all__ = ["SegmentationImageLogger", "colorize", "log_image_grid", "run_dir", "to_unit_range"]
 
 # A fixed, high-contrast palette (class 0 black); classes beyond its length reuse it cyclically.
 _PALETTE = (
@@ -60,7 +60,7 @@ def colorize(masks: Tensor, ignore_index: int = 255) -> Tensor:
     return rgb.permute(0, 3, 1, 2)
 
 
-def _to_unit_range(images: Tensor, trainer: Trainer) -> Tensor:
+def to_unit_range(images: Tensor, trainer: Trainer) -> Tensor:
     """Undo the data module's normalisation when it offers ``denormalize``; else rescale each image to [0, 1]."""
     denormalize = getattr(trainer.datamodule, "denormalize", None)
     if callable(denormalize):
@@ -139,7 +139,7 @@ class SegmentationImageLogger(Callback):
         # rows of three: image | truth | prediction
         panels = torch.stack(
             [
-                _to_unit_range(images.float(), trainer),
+                to_unit_range(images.float(), trainer),
                 colorize(masks.long(), self.ignore_index),
                 colorize(preds, self.ignore_index),
             ],

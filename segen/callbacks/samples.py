@@ -7,6 +7,8 @@
   checkpoint) makes grids of different epochs, and of a resumed run, directly comparable.
 * :class:`ReconstructionLogger`: validation images above their reconstructions (``task.reconstruct``; VAETask,
   VQVAETask).
+* :class:`SynthesisImageLogger`: for mask-to-image synthesis, each validation mask next to its real image and
+  images generated from it with ``num_styles`` noise vectors (``task.generate(masks, noise)``).
 * :class:`LatentTraversalLogger`: for a VAE, one row per latent dimension, that dimension swept over
   ``[-span, span]`` around an image's posterior mean; the rows are the dimensions with the largest KL first (the
   active units), so the grid shows what the model uses.
@@ -21,9 +23,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from segen.callbacks.images import log_image_grid
+from segen.callbacks.images import colorize, log_image_grid, to_unit_range
 
-__all__ = ["LatentTraversalLogger", "ReconstructionLogger", "SampleImageLogger", "slerp"]
+__all__ = [
+    "LatentTraversalLogger",
+    "ReconstructionLogger",
+    "SampleImageLogger",
+    "SynthesisImageLogger",
+    "slerp",
+]
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -128,8 +136,9 @@ def _due(trainer: Trainer, every_n_epochs: int) -> bool:
 
 
 def fixed_validation_batch(trainer: Trainer, n: int) -> tuple[Tensor, Tensor | None]:
-    """The first ``n`` validation items ``(images (n, C, H, W), labels (n,) or None)``: from the data module's
-    ``val_dataset`` when it has one, else from the validation loader(s)."""
+    """The first ``n`` validation items ``(images (n, C, H, W), targets or None)``: from the data module's
+    ``val_dataset`` when it has one, else from the validation loader(s). Targets are what the data pairs images
+    with: class labels ``(n,)`` or masks ``(n, H, W)``."""
     dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
     if dataset is not None:
         items = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -146,9 +155,11 @@ def fixed_validation_batch(trainer: Trainer, n: int) -> tuple[Tensor, Tensor | N
             if sum(len(p[0]) for p in parts) >= n:
                 break
         batch = [torch.cat([p[j] for p in parts])[:n] for j in range(len(parts[0]))]
-    images = batch[0]
-    labels = batch[1].long() if len(batch) > 1 and batch[1].ndim == 1 else None
-    return images, labels
+    return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+def _class_labels(targets: Tensor | None) -> Tensor | None:
+    return targets.long() if targets is not None and targets.ndim == 1 else None
 
 
 class ReconstructionLogger(Callback):
@@ -168,7 +179,8 @@ class ReconstructionLogger(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not _due(trainer, self.every_n_epochs):
             return
-        images, labels = fixed_validation_batch(trainer, self.num_images)
+        images, targets = fixed_validation_batch(trainer, self.num_images)
+        labels = _class_labels(targets)
         images = images.to(pl_module.device)
         if getattr(pl_module, "num_classes", None) and labels is not None:
             recon = pl_module.reconstruct(images, labels.to(pl_module.device))
@@ -213,7 +225,8 @@ class LatentTraversalLogger(Callback):
                 f"LatentTraversalLogger needs a task with encode(images) -> (mu, logvar) and latent_dim (a VAE); "
                 f"{type(pl_module).__name__} has none"
             )
-        images, labels = fixed_validation_batch(trainer, self.num_images)
+        images, targets = fixed_validation_batch(trainer, self.num_images)
+        labels = _class_labels(targets)
         conditional = bool(getattr(pl_module, "num_classes", None)) and labels is not None
         labels = labels.to(pl_module.device) if conditional else None
         mu, logvar = pl_module.encode(images.to(pl_module.device), labels)  # (N, Z) each
@@ -232,3 +245,40 @@ class LatentTraversalLogger(Callback):
             _grid(samples, self.steps),
             f"traversals_epoch{trainer.current_epoch:03d}.png",
         )
+
+
+class SynthesisImageLogger(Callback):
+    """Rows of mask | real image | ``num_styles`` generated images (fixed noise per column) for ``num_images``
+    validation pairs, for tasks with ``generate(masks, noise)`` and ``latent_dim`` (MaskToImageTask)."""
+
+    def __init__(self, num_images: int = 8, num_styles: int = 2, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        if num_images < 1 or num_styles < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"SynthesisImageLogger: num_images, num_styles and every_n_epochs must be >= 1, got {num_images}, "
+                f"{num_styles}, {every_n_epochs}"
+            )
+        self.num_images, self.num_styles, self.every_n_epochs = num_images, num_styles, every_n_epochs
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not _due(trainer, self.every_n_epochs):
+            return
+        images, masks = fixed_validation_batch(trainer, self.num_images)
+        if masks is None or masks.ndim != 3:
+            raise ValueError(
+                "SynthesisImageLogger needs validation pairs (image, mask (H, W)) from segmentation data"
+            )
+        n = len(images)
+        rng = torch.Generator().manual_seed(0)
+        styles = torch.randn(self.num_styles, pl_module.latent_dim, generator=rng)  # one noise per column
+        generated = [
+            pl_module.generate(masks, styles[k : k + 1].expand(n, -1)) for k in range(self.num_styles)
+        ]
+        unit = [(g.cpu().float() + 1) / 2 for g in generated]  # (N, C, H, W) in [0, 1] each
+        ignore = getattr(pl_module, "ignore_index", 255)
+        columns = [colorize(masks.long(), ignore), to_unit_range(images.float(), trainer), *unit]
+        columns = [c.expand(-1, 3, -1, -1) if c.shape[1] == 1 else c[:, :3] for c in columns]
+        panels = torch.stack(columns, dim=1).flatten(0, 1)  # (N * columns, 3, H, W)
+        grid = make_grid(panels, nrow=len(columns), padding=2, pad_value=1.0)
+        log_image_grid(trainer, "synthesis", grid, f"synthesis_epoch{trainer.current_epoch:03d}.png")

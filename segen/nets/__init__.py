@@ -4,6 +4,7 @@ from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segen.nets.maskrcnn import build_maskrcnn
 from segen.nets.pixelcnn import GatedPixelCNN
+from segen.nets.spade import MultiscalePatchDiscriminator, SPADEGenerator
 from segen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from segen.nets.unet import UNet
 from segen.nets.vae import VAEDecoder, VAEEncoder
@@ -15,6 +16,8 @@ __all__ = [
     "DeepLabV3",
     "DeepLabV3Plus",
     "GatedPixelCNN",
+    "MultiscalePatchDiscriminator",
+    "SPADEGenerator",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "UNet",

@@ -2,6 +2,7 @@
 
 from segen.tasks.gan import GANTask, max_steps_for
 from segen.tasks.instance import InstanceSegmentationTask
+from segen.tasks.mask_to_image import MaskToImageTask
 from segen.tasks.segmentation import SegmentationTask
 from segen.tasks.vae import VAETask
 from segen.tasks.vq_prior import VQPriorTask
@@ -10,6 +11,7 @@ from segen.tasks.vqvae import VQVAETask
 __all__ = [
     "GANTask",
     "InstanceSegmentationTask",
+    "MaskToImageTask",
     "SegmentationTask",
     "VAETask",
     "VQPriorTask",

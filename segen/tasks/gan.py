@@ -91,6 +91,10 @@ class GANTask(SampleQualityHooks, LightningModule):
         seed: seeds the training noise, the fixed noise and the evaluation noise.
     """
 
+    # the networks built when generator / discriminator is None (a subclass may change them)
+    default_generator: Callable[..., nn.Module] = DCGANGenerator
+    default_discriminator: Callable[..., nn.Module] = DCGANDiscriminator
+
     @property
     def monitor(self) -> tuple[str, str] | None:
         """What the CLI's checkpoint callback tracks: ``val/fid`` when there is a feature network, else nothing."""
@@ -156,7 +160,7 @@ class GANTask(SampleQualityHooks, LightningModule):
         self.num_classes = num_classes
         self.generator = build_module(
             generator,
-            DCGANGenerator,
+            type(self).default_generator,
             "generator",
             channels=channels,
             image_size=image_size,
@@ -165,7 +169,7 @@ class GANTask(SampleQualityHooks, LightningModule):
         )
         self.discriminator = build_module(
             discriminator,
-            DCGANDiscriminator,
+            type(self).default_discriminator,
             "discriminator",
             channels=channels,
             image_size=image_size,
@@ -255,8 +259,11 @@ class GANTask(SampleQualityHooks, LightningModule):
             out["gp"] = gp.detach()
         return out
 
-    def generator_loss(self, batch_size: int, labels: Tensor | None) -> dict[str, Tensor]:
-        """G's loss ``loss`` and its logged parts for ``batch_size`` generated images (labels as in the batch)."""
+    def generator_loss(
+        self, batch_size: int, labels: Tensor | None, real: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """G's loss ``loss`` and its logged parts for ``batch_size`` generated images (labels as in the batch;
+        ``real``, the batch's real images, for losses that compare with them, e.g. feature matching)."""
         fake = self(self._noise(batch_size), labels)
         return {"loss": self.loss_fns.generator(self._d(fake, labels).float())}
 
@@ -359,7 +366,7 @@ class GANTask(SampleQualityHooks, LightningModule):
 
         if self.discriminator_steps % self.hparams.n_critic == 0:
             self.toggle_optimizer(opt_g)
-            g_parts = self.generator_loss(batch_size, labels)
+            g_parts = self.generator_loss(batch_size, labels, real)
             self.untoggle_optimizer(opt_g)
             self._update(opt_g, self.generator, g_parts["loss"], sch_g)
             self.generator_steps += 1
@@ -398,13 +405,17 @@ class GANTask(SampleQualityHooks, LightningModule):
         return self.sample(n, labels=labels, noise=noise)
 
     # ------------------------------------------------------------------ optimizers and checkpoints
-    def configure_optimizers(self) -> Any:
+    def adam_settings(self) -> tuple[tuple[float, tuple[float, float]], tuple[float, tuple[float, float]]]:
+        """``((lr_g, betas_g), (lr_d, betas_d))`` of the default Adam optimizers."""
         default_lr, default_betas = _DEFAULT_ADAM[self.hparams.loss]
         lr = self.hparams.lr if self.hparams.lr is not None else default_lr
         betas = tuple(self.hparams.betas) if self.hparams.betas is not None else default_betas
+        return (lr, betas), (lr, betas)
+
+    def configure_optimizers(self) -> Any:
         optimizers, schedulers = [], []
-        for net, optimizer_fn, scheduler_fn in zip(
-            (self.generator, self.discriminator), self.optimizer_fns, self.scheduler_fns
+        for net, optimizer_fn, scheduler_fn, (lr, betas) in zip(
+            (self.generator, self.discriminator), self.optimizer_fns, self.scheduler_fns, self.adam_settings()
         ):
             params = [p for p in net.parameters() if p.requires_grad]
             optimizer = (

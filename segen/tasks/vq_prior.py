@@ -18,9 +18,7 @@ checkpoint stores the VQ-VAE's hyper-parameters in place of the path it was load
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,48 +26,22 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.pixelcnn import GatedPixelCNN
-from segen.tasks._parts import build_module, drop_object_hparams
+from segen.tasks._parts import build_module, drop_object_hparams, own_hyperparameters, resolve_checkpoint
 from segen.tasks.optim import configure_optimizers
 from segen.tasks.vqvae import VQVAETask
 
 __all__ = ["VQPriorTask"]
 
+_TRAIN_FIRST = "train one first (e.g. `segen fit -c experiments/configs/vqvae_digits.yaml`) and pass its .ckpt as model.vqvae"
 PriorFactory = Callable[[int, int | None], nn.Module]  # f(num_embeddings=, num_classes=)
 
 
-def _resolve(pattern: str) -> Path:
-    """A path, or a glob pattern (``runs/vqvae_digits/**/last.ckpt``) resolved to its newest match, so the second
-    stage's config can name the first stage's checkpoint without its run id."""
-    if not any(char in pattern for char in "*?["):
-        return Path(pattern)
-    matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
-    if not matches:
-        raise FileNotFoundError(
-            f"VQPriorTask: no VQ-VAE checkpoint matches {pattern!r}; train one first (e.g. "
-            "`segen fit -c experiments/configs/vqvae_digits.yaml`) or pass its .ckpt as model.vqvae"
-        )
-    return max(matches, key=lambda p: p.stat().st_mtime)
-
-
-@contextmanager
-def _own_hyperparameters() -> Iterator[None]:
-    """LightningCLI hands the hyper-parameters it instantiates a task with to ``save_hyperparameters`` through a
-    context variable; a VQVAETask built while the prior is being built would take the *prior's* hyper-parameters.
-    (A private Lightning hook, pinned by the vqvae_prior configs' CLI tests.)"""
-    token = _given_hyperparameters.set(None)
-    try:
-        yield
-    finally:
-        _given_hyperparameters.reset(token)
-
-
 def _load_vqvae(vqvae: str | dict[str, Any] | VQVAETask) -> VQVAETask:
-    with _own_hyperparameters():
+    with own_hyperparameters():
         return _build_vqvae(vqvae)
 
 
@@ -79,11 +51,10 @@ def _build_vqvae(vqvae: str | dict[str, Any] | VQVAETask) -> VQVAETask:
     if isinstance(vqvae, dict):  # hyper-parameters saved by a prior's checkpoint: the weights come with it
         return VQVAETask(**vqvae)
     if isinstance(vqvae, (str, Path)):
-        path = _resolve(str(vqvae))
+        path = resolve_checkpoint(str(vqvae), "VQPriorTask: no VQ-VAE checkpoint", _TRAIN_FIRST)
         if not path.is_file():
             raise FileNotFoundError(
-                f"VQPriorTask: the VQ-VAE checkpoint {str(path)!r} does not exist; train one first (e.g. "
-                "`segen fit -c experiments/configs/vqvae_digits.yaml`) and pass its .ckpt as model.vqvae"
+                f"VQPriorTask: the VQ-VAE checkpoint {str(path)!r} does not exist; {_TRAIN_FIRST}"
             )
         try:
             return VQVAETask.load_from_checkpoint(path, map_location="cpu", weights_only=True)

@@ -137,3 +137,12 @@ def test_resume_from_an_epoch_checkpoint_equals_the_unbroken_run(vqvae_ckpt, tmp
         limit_val_batches=1,
     )
     assert_same_training_state(unbroken, resumed, a, b)
+
+
+def test_bf16_mixed_fits(vqvae_ckpt, tmp_path):
+    torch.manual_seed(0)
+    task = prior(vqvae_ckpt)
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, precision="bf16-mixed")
+    fit.fit(task, DigitsDataModule(image_size=16, batch_size=32))
+    assert torch.isfinite(fit.callback_metrics["val/nll"])
+    assert all(torch.isfinite(p).all() for p in task.prior.parameters())

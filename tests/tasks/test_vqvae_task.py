@@ -154,3 +154,17 @@ def test_two_process_ddp_codebooks_are_identical_and_learn_from_the_global_batch
         key
     ) in rank0:  # and the nets: DDP-averaged gradients == the single process's gradients on the whole batch
         assert torch.allclose(rank0[key].float(), single[key].float(), atol=1e-5), key
+
+
+def test_bf16_mixed_fits_with_fp32_codebook_statistics(tmp_path):
+    from task_helpers import quiet_trainer
+
+    torch.manual_seed(0)
+    vqvae = small(warmup_steps=0)
+    quiet_trainer(tmp_path, max_steps=4, limit_val_batches=1, precision="bf16-mixed").fit(
+        vqvae, DigitsDataModule(image_size=16, batch_size=32)
+    )
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in vqvae.parameters())
+    q = vqvae.quantizer
+    assert q.embedding.dtype == q.cluster_size.dtype == q.embed_sum.dtype == torch.float32
+    assert int(q.steps) == 4 and torch.isfinite(q.embedding).all()

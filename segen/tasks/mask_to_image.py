@@ -1,0 +1,335 @@
+"""Mask-to-image synthesis (SPADE, Park et al. 2019): a GAN whose generator paints an image for a semantic mask.
+
+The bridge between segen's two halves: a segmentation data set's ``(image, mask)`` pairs train a generator that
+turns a mask (plus noise, for diversity) into an image, so new masks — edited predictions, procedural layouts —
+become new labelled training images (``experiments/scripts/synthetic_augmentation.py``).
+
+It is a :class:`~segen.tasks.gan.GANTask` with other nets and losses; manual optimisation, the EMA generator, DDP
+gradient averaging, mixed precision and the exact resume are the GAN task's:
+
+    D step:  hinge(D(x, m), D(G(z, m), m)) summed over the discriminator's scales
+    G step:  hinge_g(D(G(z, m), m)) + feature_matching * sum_scales sum_layers L1(D_l(G(z, m)), D_l(x))
+
+with ``m`` the one-hot mask, a :class:`~segen.nets.spade.SPADEGenerator` and a
+:class:`~segen.nets.spade.MultiscalePatchDiscriminator` that sees the image concatenated with the mask. The
+paper's VGG perceptual loss is left out: it needs ImageNet weights, and segen never downloads.
+
+**Images.** Segmentation data modules normalise images with their ``mean``/``std``; the generator works in
+``[-1, 1]``. The task maps batches to ``[-1, 1]`` with the data's ``mean``/``std`` (linked by the CLI, or read from
+``trainer.datamodule``, or given), and back when a segmentation network looks at generated images.
+
+**Quality: the segmentation score** (pix2pix's "FCN score"). A segmentation network trained on *real* images
+(``segmenter``: a :class:`~segen.tasks.segmentation.SegmentationTask` checkpoint) segments images generated from the
+validation masks; the mIoU against those masks is ``val/seg_score``, next to the same network's mIoU on the real
+validation images, ``val/seg_score_real`` (the ceiling). Without a segmenter only ``val/d_real`` is logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from segen.nets.spade import (
+    MultiscalePatchDiscriminator,
+    SPADEGenerator,
+    feature_matching_loss,
+    one_hot_masks,
+)
+from segen.tasks._parts import drop_object_hparams, own_hyperparameters, resolve_checkpoint
+from segen.tasks.gan import DiscriminatorFactory, GANTask, GeneratorFactory
+
+__all__ = ["MaskToImageTask"]
+
+
+def _patch_discriminator(channels: int, image_size: int, num_classes: int | None) -> nn.Module:
+    """The default discriminator factory (the shape every GAN discriminator factory receives)."""
+    return MultiscalePatchDiscriminator(num_classes=num_classes, channels=channels)
+
+
+def _load_segmenter(segmenter: str | LightningModule) -> LightningModule:
+    if isinstance(segmenter, nn.Module):
+        return segmenter
+    from segen.tasks.segmentation import SegmentationTask
+
+    hint = "train one on real images first (e.g. `segen fit -c experiments/configs/unet_shapes.yaml`)"
+    path = resolve_checkpoint(str(segmenter), "MaskToImageTask: no segmenter checkpoint", hint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MaskToImageTask: the segmenter checkpoint {str(path)!r} does not exist; {hint}"
+        )
+    with own_hyperparameters():
+        return SegmentationTask.load_from_checkpoint(path, map_location="cpu")
+
+
+class MaskToImageTask(GANTask):
+    """SPADE mask-to-image GAN; ``generate(masks)`` returns images in ``[-1, 1]`` of the masks' size.
+
+    Args:
+        num_classes: classes ``K`` of the masks (linked from the data module by the CLI).
+        channels, image_size: image channels, and the training size (sets the generator's number of upsamplings;
+            ``generate`` takes any size divisible by ``2**num_blocks``).
+        latent_dim: size of the noise ``z``.
+        generator, discriminator: modules or factories (called with ``channels``, ``image_size``, ``latent_dim``,
+            ``num_classes`` / ``channels``, ``image_size``, ``num_classes``); default SPADE and a 2-scale PatchGAN.
+        feature_matching: weight of pix2pixHD's discriminator feature-matching loss (10 in the papers).
+        ema_decay: decay of the EMA generator used by ``generate`` and the metrics (``None``: no EMA).
+        lr_g, lr_d, betas: the papers' two-time-scale Adam (1e-4 for G, 4e-4 for D, betas (0, 0.999)).
+        optimizer_g, optimizer_d, scheduler_g, scheduler_d: LightningCLI callables replacing the defaults.
+        segmenter: a ``SegmentationTask`` checkpoint path or glob (newest match), or a module, for
+            ``val/seg_score``; ``None``: no segmentation score.
+        mean, std: the normalisation of the data's images (default: the data module's ``mean``/``std``).
+        ignore_index: mask value of unlabelled pixels (an all-zero one-hot vector for the generator).
+        num_fixed_samples, seed: fixed noise for image grids, and the seed of all noise.
+    """
+
+    default_generator = SPADEGenerator
+    default_discriminator = staticmethod(_patch_discriminator)
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 64,
+        latent_dim: int = 64,
+        generator: GeneratorFactory | nn.Module | None = None,
+        discriminator: DiscriminatorFactory | nn.Module | None = None,
+        feature_matching: float = 10.0,
+        ema_decay: float | None = 0.999,
+        lr_g: float = 1e-4,
+        lr_d: float = 4e-4,
+        betas: tuple[float, float] = (0.0, 0.999),
+        optimizer_g: OptimizerCallable | None = None,
+        optimizer_d: OptimizerCallable | None = None,
+        scheduler_g: LRSchedulerCallable | None = None,
+        scheduler_d: LRSchedulerCallable | None = None,
+        segmenter: str | nn.Module | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        ignore_index: int = 255,
+        num_fixed_samples: int = 16,
+        seed: int = 0,
+    ) -> None:
+        if feature_matching < 0:
+            raise ValueError(f"MaskToImageTask: feature_matching must be >= 0, got {feature_matching!r}")
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) != channels:
+                raise ValueError(
+                    f"MaskToImageTask: {name} needs one value per image channel ({channels}), got {list(values)}"
+                )
+        super().__init__(
+            channels=channels,
+            image_size=image_size,
+            latent_dim=latent_dim,
+            num_classes=num_classes,
+            generator=generator,
+            discriminator=discriminator,
+            loss="hinge",
+            ema_decay=ema_decay,
+            optimizer_g=optimizer_g,
+            optimizer_d=optimizer_d,
+            scheduler_g=scheduler_g,
+            scheduler_d=scheduler_d,
+            fid_feature=None,
+            num_fixed_samples=num_fixed_samples,
+            seed=seed,
+        )
+        # The GAN machinery reads its own settings from hparams; LightningCLI stores only this class's arguments,
+        # so the fixed ones are filled in (load_from_checkpoint passes on only the arguments this class takes).
+        fixed = {"loss": "hinge", "n_critic": 1, "r1_gamma": 0.0, "fid_feature": None, "diffaugment": None}
+        for name, parameter in inspect.signature(GANTask.__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and name not in self.hparams:
+                self.hparams[name] = fixed.get(name, parameter.default)
+        drop_object_hparams(self.hparams, ("segmenter",), (dict, str, type(None)))
+        self.ignore_index = ignore_index
+        # evaluation parts live in plain dicts, outside the module tree: not in checkpoints, not optimised
+        self._evaluation: dict[str, Any] = {"source": segmenter, "segmenter": None}
+        self._seg_metrics: dict[str, MulticlassJaccardIndex] = {}
+        self._normalisation: tuple[Tensor, Tensor] | None = None
+        if mean is not None and std is not None:
+            self._normalisation = (torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1))
+
+    # ------------------------------------------------------------------ images and masks
+    def setup(self, stage: str) -> None:
+        if self._normalisation is None:
+            datamodule = self.trainer.datamodule if self._trainer is not None else None
+            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+            if mean is None or std is None:
+                raise ValueError(
+                    "MaskToImageTask: the images' normalisation is unknown; pass mean= and std= (the values the "
+                    f"images were normalised with, one per channel; (0.5,) * {self.channels} each for images in "
+                    "[-1, 1]) or use a data module with mean/std attributes"
+                )
+            self._normalisation = (torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1))
+        source = self._evaluation["source"]
+        if source is not None and self._segmenter is None and stage in ("fit", "validate"):
+            segmenter = _load_segmenter(source)
+            classes = getattr(segmenter, "num_classes", self.num_classes)
+            if classes != self.num_classes:
+                raise ValueError(
+                    f"MaskToImageTask: the segmenter predicts {classes} classes, the masks have {self.num_classes}"
+                )
+            self._evaluation["segmenter"] = segmenter.eval().requires_grad_(False)
+            for key in ("fake", "real"):
+                self._seg_metrics[key] = MulticlassJaccardIndex(
+                    self.num_classes, average="macro", validate_args=False
+                )
+
+    @property
+    def _segmenter(self) -> nn.Module | None:
+        return self._evaluation["segmenter"]
+
+    def to_generator_range(self, images: Tensor) -> Tensor:
+        """Data-normalised images -> ``[-1, 1]``."""
+        mean, std = (t.to(images.device, images.dtype) for t in self._require_normalisation())
+        return (images * std + mean) * 2 - 1
+
+    def to_data_range(self, images: Tensor) -> Tensor:
+        """``[-1, 1]`` -> the data's normalisation (what a segmentation network trained on the data expects)."""
+        mean, std = (t.to(images.device, images.dtype) for t in self._require_normalisation())
+        return ((images + 1) / 2 - mean) / std
+
+    def _require_normalisation(self) -> tuple[Tensor, Tensor]:
+        if self._normalisation is None:
+            raise RuntimeError(
+                "MaskToImageTask: mean/std unknown; pass them or attach a data module (see setup)"
+            )
+        return self._normalisation
+
+    def _one_hot(self, masks: Tensor) -> Tensor:
+        if masks.ndim == 4:  # already one-hot (B, K, H, W)
+            if masks.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"MaskToImageTask: one-hot masks with {masks.shape[1]} channels, expected num_classes="
+                    f"{self.num_classes}"
+                )
+            return masks.float()
+        return one_hot_masks(masks.long(), self.num_classes, self.ignore_index)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(images, masks)`` -> images in ``[-1, 1]`` ``(B, C, H, W)`` and one-hot masks ``(B, K, H, W)``."""
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError(
+                "MaskToImageTask: batches must be (images, masks) pairs from a segmentation data set"
+            )
+        images, masks = batch[0], batch[1]
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(
+                f"MaskToImageTask: images of shape {tuple(images.shape)}, expected (B, {self.channels}, H, W)"
+            )
+        if masks.ndim != 3 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"MaskToImageTask: masks of shape {tuple(masks.shape)} for images of shape {tuple(images.shape)}; "
+                "expected (B, H, W) class ids of the images' size"
+            )
+        return self.to_generator_range(images.float()), self._one_hot(masks)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, masks: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Images ``(B, C, H, W)`` in ``[-1, 1]`` for masks ``(B, H, W)`` (class ids, ``ignore_index`` allowed) or
+        one-hot ``(B, K, H, W)``, from the EMA generator in eval mode; ``noise (B, latent_dim)`` fixes the style."""
+        one_hot = self._one_hot(masks.to(self.device))
+        if noise is None:
+            noise = torch.randn(one_hot.shape[0], self.latent_dim)
+        net = self._sampler()
+        was_training = net.training
+        net.eval()
+        try:
+            return net(noise.to(self.device), one_hot).float().clamp(-1, 1)
+        finally:
+            net.train(was_training)
+
+    def sample(self, n: int, labels: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        raise NotImplementedError(
+            "MaskToImageTask generates images for masks: use generate(masks, noise=None)"
+        )
+
+    # ------------------------------------------------------------------ losses
+    def adam_settings(self) -> tuple[tuple[float, tuple[float, float]], tuple[float, tuple[float, float]]]:
+        hp = self.hparams
+        betas = (float(hp.betas[0]), float(hp.betas[1]))
+        return (hp.lr_g, betas), (hp.lr_d, betas)
+
+    @staticmethod
+    def _hinge_d(real: list[list[Tensor]], fake: list[list[Tensor]]) -> tuple[Tensor, Tensor]:
+        loss_real = sum(F.relu(1 - scale[-1].float()).mean() for scale in real) / len(real)
+        loss_fake = sum(F.relu(1 + scale[-1].float()).mean() for scale in fake) / len(fake)
+        return loss_real, loss_fake
+
+    def discriminator_loss(self, real: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """Hinge loss of the multi-scale discriminator (mean over scales); ``labels`` are the one-hot masks."""
+        masks = labels
+        with torch.no_grad():
+            fake = self(self._noise(real.shape[0]), masks)
+        real_out, fake_out = self.discriminator(real, masks), self.discriminator(fake, masks)
+        loss_real, loss_fake = self._hinge_d(real_out, fake_out)
+        return {
+            "loss": loss_real + loss_fake,
+            "loss_d_real": loss_real.detach(),
+            "loss_d_fake": loss_fake.detach(),
+            "d_real": real_out[0][-1].detach().float().mean(),
+            "d_fake": fake_out[0][-1].detach().float().mean(),
+        }
+
+    def generator_loss(
+        self, batch_size: int, labels: Tensor | None, real: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Hinge generator loss plus ``feature_matching`` times the L1 distance of D's features to the real ones."""
+        masks = labels
+        fake = self(self._noise(batch_size), masks)
+        fake_out = self.discriminator(fake, masks)
+        adversarial = -sum(scale[-1].float().mean() for scale in fake_out) / len(fake_out)
+        parts = {"adversarial": adversarial.detach()}
+        loss = adversarial
+        if self.hparams.feature_matching > 0 and real is not None:
+            with torch.no_grad():
+                real_out = self.discriminator(real, masks)
+            matching = feature_matching_loss(fake_out, real_out)
+            loss = loss + self.hparams.feature_matching * matching
+            parts["feature_matching"] = matching.detach()
+        return {"loss": loss, **parts}
+
+    # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        if self._segmenter is not None:
+            self._segmenter.to(self.device)
+            for metric in self._seg_metrics.values():
+                metric.to(self.device)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        real, masks = self._unpack(batch)
+        with torch.no_grad():
+            scores = self.discriminator(real, masks)[0][-1]  # finest scale's patch logits
+        self.log("val/d_real", scores.float().mean(), batch_size=real.shape[0], sync_dist=True)
+        if self._segmenter is None or self.trainer.sanity_checking:
+            return
+        rng = torch.Generator().manual_seed(self.hparams.seed + 3 + 100_003 * self.global_rank + batch_idx)
+        fake = self.generate(masks, torch.randn(real.shape[0], self.latent_dim, generator=rng))
+        truth = batch[1].long()
+        valid = truth != self.ignore_index
+        with torch.no_grad():
+            for key, images in (("fake", self.to_data_range(fake)), ("real", batch[0].float())):
+                predicted = self._segmenter(images).argmax(dim=1)  # (B, H, W)
+                self._seg_metrics[key].update(predicted[valid], truth[valid])
+
+    def on_validation_epoch_end(self) -> None:
+        if self._segmenter is None or self.trainer.sanity_checking:
+            return
+        fake, real = self._seg_metrics["fake"], self._seg_metrics["real"]
+        # identical on every rank after torchmetrics' sync; sync_dist tells Lightning so
+        self.log_dict({"val/seg_score": fake.compute(), "val/seg_score_real": real.compute()}, sync_dist=True)
+        fake.reset()
+        real.reset()
+
+    @property
+    def monitor(self) -> tuple[str, str] | None:
+        """``val/seg_score`` (maximised) when there is a segmenter, else nothing."""
+        return ("val/seg_score", "max") if self._evaluation["source"] is not None else None
