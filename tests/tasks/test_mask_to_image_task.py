@@ -144,3 +144,25 @@ def test_bad_batches_and_missing_normalisation_are_named(tmp_path):
     loader = DataLoader(toy_pairs(8, 0), batch_size=4)
     with pytest.raises(ValueError, match=r"normalisation is unknown; pass mean= and std="):
         quiet_trainer(tmp_path, max_steps=1).fit(plain, loader)
+
+
+def test_trains_on_a_file_based_semantic_data_module_with_ignored_pixels(tmp_path):
+    """Any semantic data module: a mask folder (with a 255 patch), its ImageNet normalisation, cropped pairs."""
+    from fake_trees import write_mask_folder
+
+    from segen import MaskFolderDataModule
+
+    images, masks, _ = write_mask_folder(tmp_path / "folder", variant="index", n=4, num_classes=3)
+    dm = MaskFolderDataModule(
+        images, masks, num_classes=3, crop_size=16, batch_size=2, val_fraction=0.5, eval_size=16
+    )
+    torch.manual_seed(0)
+    m2i = task(num_classes=3)
+    fit = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=1)
+    fit.fit(m2i, dm)
+    assert m2i.generator_steps == 2
+    assert all(torch.isfinite(p).all() for p in m2i.parameters())
+    mean, std = m2i._require_normalisation()
+    assert torch.allclose(mean.flatten(), torch.tensor(dm.mean)) and torch.allclose(
+        std.flatten(), torch.tensor(dm.std)
+    )
