@@ -25,6 +25,14 @@ def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
+def save_untrained_checkpoint(task: LightningModule, path: Path) -> Path:
+    """Write ``task`` as a Lightning checkpoint (hyper-parameters and weights) without training it."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def fit_and_resume(
     make_task: Callable[[], LightningModule],
     make_data: Callable[[], LightningDataModule],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fake_gen_trees import write_cifar10, write_image_folder, write_mnist
 from fake_trees import write_cityscapes, write_coco, write_mask_folder, write_voc
+from task_helpers import save_untrained_checkpoint
 
 from segen.cli import main
 
@@ -92,32 +93,22 @@ def data_overrides(stem: str, tmp_path: Path) -> list[str]:
 def stage_one_checkpoint(stem: str, tmp_path: Path) -> Path:
     """An (untrained) VQ-VAE checkpoint built from the stage-1 config the prior config belongs to."""
     import yaml
-    from lightning.pytorch import Trainer
 
     from segen import VQVAETask
 
     stage_one = yaml.safe_load((CONFIGS[0].parent / f"{stem.replace('_prior', '')}.yaml").read_text())
     channels = 3 if stem.endswith("_cifar10") else 1
     vqvae = VQVAETask(channels=channels, image_size=32, **stage_one["model"]["init_args"])
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(vqvae)
-    path = tmp_path / "stage1" / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_untrained_checkpoint(vqvae, tmp_path / "stage1" / "last.ckpt")
 
 
 def segmenter_checkpoint(tmp_path: Path) -> Path:
     """An (untrained) U-Net checkpoint for the shapes' 4 classes, the segmenter of val/seg_score."""
-    from lightning.pytorch import Trainer
 
     from segen import SegmentationTask
 
     task = SegmentationTask(num_classes=4, in_channels=3)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(task)
-    path = tmp_path / "segmenter" / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_untrained_checkpoint(task, tmp_path / "segmenter" / "last.ckpt")
 
 
 def test_there_are_configs():

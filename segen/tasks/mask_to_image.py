@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -258,19 +257,18 @@ class MaskToImageTask(GANTask):
         betas = (float(hp.betas[0]), float(hp.betas[1]))
         return (hp.lr_g, betas), (hp.lr_d, betas)
 
-    @staticmethod
-    def _hinge_d(real: list[list[Tensor]], fake: list[list[Tensor]]) -> tuple[Tensor, Tensor]:
-        loss_real = sum(F.relu(1 - scale[-1].float()).mean() for scale in real) / len(real)
-        loss_fake = sum(F.relu(1 + scale[-1].float()).mean() for scale in fake) / len(fake)
-        return loss_real, loss_fake
-
     def discriminator_loss(self, real: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """Hinge loss of the multi-scale discriminator (mean over scales); ``labels`` are the one-hot masks."""
         masks = labels
         with torch.no_grad():
             fake = self(self._noise(real.shape[0]), masks)
         real_out, fake_out = self.discriminator(real, masks), self.discriminator(fake, masks)
-        loss_real, loss_fake = self._hinge_d(real_out, fake_out)
+        # the hinge loss (self.loss_fns) on each scale's patch logits, averaged over the scales
+        per_scale = [
+            self.loss_fns.discriminator(r[-1].float(), f[-1].float()) for r, f in zip(real_out, fake_out)
+        ]
+        loss_real = sum(parts.real for parts in per_scale) / len(per_scale)
+        loss_fake = sum(parts.fake for parts in per_scale) / len(per_scale)
         return {
             "loss": loss_real + loss_fake,
             "loss_d_real": loss_real.detach(),
@@ -286,7 +284,7 @@ class MaskToImageTask(GANTask):
         masks = labels
         fake = self(self._noise(batch_size), masks)
         fake_out = self.discriminator(fake, masks)
-        adversarial = -sum(scale[-1].float().mean() for scale in fake_out) / len(fake_out)
+        adversarial = sum(self.loss_fns.generator(scale[-1].float()) for scale in fake_out) / len(fake_out)
         parts = {"adversarial": adversarial.detach()}
         loss = adversarial
         if self.hparams.feature_matching > 0 and real is not None:

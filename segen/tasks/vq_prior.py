@@ -179,14 +179,8 @@ class VQPriorTask(SampleQualityHooks, LightningModule):
 
     # ------------------------------------------------------------------ training
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        images, labels = (
-            (batch[0], batch[1])
-            if isinstance(batch, (tuple, list)) and len(batch) > 1
-            else (
-                batch[0] if isinstance(batch, (tuple, list)) else batch,
-                None,
-            )
-        )
+        items = batch if isinstance(batch, (tuple, list)) else (batch,)
+        images, labels = items[0], (items[1] if len(items) > 1 else None)
         if self.num_classes and labels is None:
             raise ValueError(
                 "VQPriorTask: num_classes is set (a conditional prior) but the batch has no labels"

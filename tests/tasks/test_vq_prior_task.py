@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from task_helpers import assert_same_training_state, fit_and_resume, quiet_trainer
+from task_helpers import (
+    assert_same_training_state,
+    fit_and_resume,
+    quiet_trainer,
+    save_untrained_checkpoint,
+)
 
 from segen import DigitsDataModule, VAETask, VQPriorTask, VQVAETask
 
@@ -97,9 +102,7 @@ def test_a_glob_pattern_picks_the_newest_checkpoint(vqvae_ckpt, tmp_path):
         os.utime(tmp_path / name, (1000 + i, 1000 + i))
     torch.manual_seed(0)
     newest = VQVAETask(channels=1, image_size=16, num_embeddings=8, embedding_dim=8, hidden=16)
-    fit = trainer(tmp_path)
-    fit.strategy.connect(newest)
-    fit.save_checkpoint(tmp_path / "c" / "checkpoints" / "last.ckpt")
+    save_untrained_checkpoint(newest, tmp_path / "c" / "checkpoints" / "last.ckpt")
     assert prior(str(tmp_path / "**" / "last.ckpt")).num_embeddings == 8  # c/ is the newest
     with pytest.raises(FileNotFoundError, match=r"no VQ-VAE checkpoint matches '.*nothing/\*\*/last\.ckpt'"):
         prior(str(tmp_path / "nothing" / "**" / "last.ckpt"))
@@ -113,9 +116,7 @@ def test_bad_vqvae_arguments_are_named(vqvae_ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"channels=3 \(from the data\)"):
         prior(vqvae_ckpt, channels=3)
     vae = VAETask(channels=1, image_size=16, latent_dim=4)
-    fit = trainer(tmp_path)
-    fit.strategy.connect(vae)
-    fit.save_checkpoint(tmp_path / "vae.ckpt")
+    save_untrained_checkpoint(vae, tmp_path / "vae.ckpt")
     with pytest.raises(ValueError, match=r"vae\.ckpt' is not a VQVAETask checkpoint"):
         prior(str(tmp_path / "vae.ckpt"))
 
