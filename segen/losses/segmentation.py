@@ -23,7 +23,9 @@ Precision
 
 Validation
     With ``validate=True`` (the default) the target is checked by :func:`check_target` with a single host
-    sync. Pass ``validate=False`` on hot paths whose data are known to be clean (e.g. under ``torch.compile``).
+    sync. Pass ``validate=False`` on hot paths whose data are known to be clean (e.g. under ``torch.compile``),
+    or whose values were checked earlier on the host with :func:`check_target_values` (what
+    :class:`~segen.tasks.segmentation.SegmentationTask` does before a batch moves to the accelerator).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "FocalLoss",
     "build_loss",
     "check_target",
+    "check_target_values",
     "cross_entropy_loss",
     "dice_ce_loss",
     "dice_loss",
@@ -64,11 +67,12 @@ _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int6
 # --------------------------------------------------------------------------------------------------------------
 
 
-def check_target(logits: Tensor, target: Tensor, ignore_index: int = 255) -> None:
+def check_target(logits: Tensor, target: Tensor, ignore_index: int = 255, *, values: bool = True) -> None:
     """Fail loudly when ``(logits, target)`` cannot be a segmentation batch.
 
-    Checks ranks, shapes, dtypes and devices from metadata, then target values with one host sync
-    (``bad.any()``); the message names the offending values, ``num_classes`` and ``ignore_index``.
+    Checks ranks, shapes, dtypes and devices from metadata (free), then, with ``values=True``, the target values
+    with :func:`check_target_values` (one host sync on an accelerator); the message names the offending values,
+    ``num_classes`` and ``ignore_index``.
     """
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise TypeError(
@@ -112,15 +116,30 @@ def check_target(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Non
             f"target is on {target.device} but logits are on {logits.device}; move both to one device"
         )
 
-    bad = (target < 0) | (target >= k)  # (B, H, W)
+    if values:
+        check_target_values(target, k, ignore_index)
+
+
+def check_target_values(target: Tensor, num_classes: int, ignore_index: int = 255) -> None:
+    """Fail loudly when ``target`` holds a value outside ``[0, num_classes)`` that is not ``ignore_index``.
+
+    The value part of :func:`check_target`, for any integer tensor of class ids (e.g. a ``(B, H, W)`` batch of
+    masks before the logits exist). ``bad.any()`` reads the result on the host: free on CPU, one sync on an
+    accelerator, so a training loop checks its masks while they are still on the host.
+    """
+    bad = (target < 0) | (target >= num_classes)  # (B, H, W)
     bad = bad & (target != ignore_index)
     if bad.any():  # the only host sync
-        values = torch.unique(target[bad]).tolist()
-        if len(values) == 1:
-            found = f"target holds class {values[0]}"
+        found_values = torch.unique(target[bad]).tolist()
+        if len(found_values) == 1:
+            found = f"target holds class {found_values[0]}"
         else:
-            shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
-            found = f"target holds {len(values)} invalid values ({shown}; smallest {values[0]}, largest {values[-1]})"
+            shown = ", ".join(str(v) for v in found_values[:5]) + (", ..." if len(found_values) > 5 else "")
+            found = (
+                f"target holds {len(found_values)} invalid values "
+                f"({shown}; smallest {found_values[0]}, largest {found_values[-1]})"
+            )
+        k = num_classes
         raise ValueError(
             f"{found}, but the loss has num_classes={k} (valid: 0..{k - 1} and ignore_index={ignore_index}); "
             f"check that the mask's label ids match num_classes, or map unlabelled pixels to {ignore_index}"
@@ -193,9 +212,12 @@ def _valid_and_onehot(target: Tensor, num_classes: int, ignore_index: int) -> tu
     target = target.long()
     valid = target != ignore_index  # (B, H, W)
     safe = target.masked_fill(~valid, 0)  # (B, H, W) ignore -> class 0, masked out below
-    onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()  # (B, K, H, W)
     valid_f = valid.unsqueeze(1).float()  # (B, 1, H, W)
-    return valid_f, onehot * valid_f
+    # scatter into a contiguous (B, K, H, W) tensor: F.one_hot(...).permute(...) would keep channels-last strides,
+    # and every product with the contiguous probabilities would then run on mismatched strides (1.8x slower loss)
+    shape = (target.shape[0], num_classes, *target.shape[1:])
+    onehot = torch.zeros(shape, device=target.device).scatter_(1, safe.unsqueeze(1), valid_f)  # (B, K, H, W)
+    return valid_f, onehot
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -269,16 +291,17 @@ def cross_entropy_loss(
         check_target(logits, target, ignore_index)
     weights = _as_class_weights("class_weights", class_weights, logits.shape[1], logits.device)
     target = target.long()
-    per_pixel = F.cross_entropy(
-        logits.float(), target, weight=weights, ignore_index=ignore_index, reduction="none"
-    )  # (B, H, W), 0 at ignored pixels
+    # the sum over non-ignored pixels (weighted by class if asked); "sum" has a faster backward than "none" + .sum()
+    total = F.cross_entropy(
+        logits.float(), target, weight=weights, ignore_index=ignore_index, reduction="sum"
+    )
     valid = target != ignore_index  # (B, H, W)
     if weights is None:
         denominator = valid.sum().float()
     else:
         denominator = (weights[target.masked_fill(~valid, 0)] * valid).sum()
     denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))  # no host sync
-    return per_pixel.sum() / denominator
+    return total / denominator
 
 
 class DiceCEParts(NamedTuple):

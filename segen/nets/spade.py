@@ -40,6 +40,7 @@ __all__ = [
     "PatchDiscriminator",
     "SPADEGenerator",
     "SPADEResBlock",
+    "check_class_ids",
     "check_masks",
     "feature_matching_loss",
     "one_hot_masks",
@@ -49,8 +50,32 @@ _D_MAX_CHANNELS = 512  # pix2pixHD's cap on the discriminator width
 
 
 # ------------------------------------------------------------------------------------------------ mask helpers
-def one_hot_masks(masks: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
-    """``(B, H, W)`` integer class ids → ``(B, K, H, W)`` float one-hot maps; ``ignore_index`` pixels get all zeros."""
+def check_class_ids(
+    masks: Tensor, num_classes: int, ignore_index: int = 255, owner: str = "one_hot_masks"
+) -> None:
+    """Fail loudly when ``masks`` hold a value outside ``[0, num_classes)`` that is not ``ignore_index``.
+
+    ``bad.any()`` reads the result on the host: free on CPU, one sync on an accelerator (so a training loop checks its
+    masks before they move there; see :meth:`~segen.tasks.mask_to_image.MaskToImageTask.on_before_batch_transfer`).
+    """
+    keep = masks != ignore_index  # (B, H, W)
+    bad = keep & ((masks < 0) | (masks >= num_classes))
+    if bad.any():
+        values = torch.unique(masks[bad]).tolist()
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise ValueError(
+            f"{owner}: class ids must be in [0, {num_classes}) (num_classes={num_classes}) or equal "
+            f"ignore_index={ignore_index}, found {shown}"
+        )
+
+
+def one_hot_masks(masks: Tensor, num_classes: int, ignore_index: int = 255, validate: bool = True) -> Tensor:
+    """``(B, H, W)`` integer class ids → ``(B, K, H, W)`` float one-hot maps; ``ignore_index`` pixels get all zeros.
+
+    Shapes and dtypes are always checked (free); ``validate=True`` also checks the values with :func:`check_class_ids`
+    (one host sync on an accelerator). ``validate=False`` is for masks checked before, on the host: an id outside the
+    classes then fails inside ``F.one_hot`` on CPU and with a device-side assert on a GPU, not with a clear message.
+    """
     check_positive("one_hot_masks", num_classes=num_classes)
     integer = not (masks.dtype.is_floating_point or masks.dtype.is_complex or masks.dtype == torch.bool)
     if masks.ndim != 3 or not integer:
@@ -63,15 +88,9 @@ def one_hot_masks(masks: Tensor, num_classes: int, ignore_index: int = 255) -> T
             f"one_hot_masks: ignore_index={ignore_index} is also a class id in [0, {num_classes}); "
             f"use an index outside the classes (e.g. 255)"
         )
+    if validate:
+        check_class_ids(masks, num_classes, ignore_index)
     keep = masks != ignore_index  # (B, H, W)
-    bad = keep & ((masks < 0) | (masks >= num_classes))
-    if bad.any():
-        values = torch.unique(masks[bad]).tolist()
-        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        raise ValueError(
-            f"one_hot_masks: class ids must be in [0, {num_classes}) (num_classes={num_classes}) or equal "
-            f"ignore_index={ignore_index}, found {shown}"
-        )
     one_hot = F.one_hot(masks.where(keep, 0), num_classes) * keep[..., None]  # (B, H, W, K)
     return one_hot.permute(0, 3, 1, 2).to(torch.get_default_dtype())  # (B, K, H, W)
 

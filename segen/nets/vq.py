@@ -22,7 +22,7 @@ blocks ``x + conv1x1(relu(conv3x3(relu(x))))``; the decoder mirrors the encoder 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -71,7 +71,10 @@ class VectorQuantizer(nn.Module):
 
     Buffers (all in the state dict): ``embedding`` (K, D), ``cluster_size`` (K,) and ``embed_sum`` (K, D) — the raw
     EMAs, the Laplace smoothing is applied when dividing — and ``steps``, the count of training forward passes; the
-    restart generator's state is the module's extra state (``_extra_state`` in the state dict).
+    restart generator's state is the module's extra state (``_extra_state`` in the state dict). The restart schedule
+    reads a host-side copy of ``steps`` (not in the state dict; re-read from the buffer once after a state-dict load),
+    so a training forward never waits for the device to learn the step count; write ``steps`` through
+    ``load_state_dict``, not in place, or the copy goes stale.
     """
 
     embedding: Tensor
@@ -119,6 +122,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(num_embeddings))
         self.register_buffer("embed_sum", embedding.clone())
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # ``steps`` mirrored on the host, so the restart schedule reads no device value each step; None: unknown
+        # (after a state-dict load), read from the buffer once at the next training forward
+        self._host_steps: int | None = 0
         # restarts draw from the module's own generator, saved in the state dict (get_extra_state): exact resume
         self.rng = torch.Generator().manual_seed(seed)
 
@@ -133,6 +139,12 @@ class VectorQuantizer(nn.Module):
 
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
         self.rng.set_state(state["rng"])
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_steps = None  # ``steps`` may have changed: re-read it (once) at the next training forward
 
     # ------------------------------------------------------------------------------------------------ lookups
     def distances(self, flat: Tensor) -> Tensor:
@@ -188,8 +200,11 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 with torch.no_grad():
                     self._ema_update(flat.detach(), indices, counts)
+                    if self._host_steps is None:  # first training forward after a load: one read, then never
+                        self._host_steps = int(self.steps)
                     self.steps += 1
-                    if self.restart_every and int(self.steps) % self.restart_every == 0:
+                    self._host_steps += 1
+                    if self.restart_every and self._host_steps % self.restart_every == 0:
                         self._restart_dead_codes(flat.detach())
 
         quantized = z + (q.to(z.dtype) - z).detach()  # straight-through estimator
@@ -215,6 +230,8 @@ class VectorQuantizer(nn.Module):
     def _restart_dead_codes(self, flat: Tensor) -> None:
         """Move codes with ``cluster_size < dead_threshold`` onto random batch vectors (rank 0's, broadcast)."""
         dead = self.cluster_size < self.dead_threshold  # identical on every rank after the all-reduced update
+        # A host read, but only every restart_every steps (not every step): the number of dead codes sets how many
+        # vectors are drawn, which keeps the restart generator's stream (and so exact resume) as it always was.
         num_dead = int(dead.sum())
         if num_dead == 0:
             return

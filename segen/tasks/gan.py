@@ -372,8 +372,11 @@ class GANTask(SampleQualityHooks, LightningModule):
             self.generator_steps += 1
             self._update_ema()
             logs.update({f"train/{'loss_g' if k == 'loss' else k}": v.detach() for k, v in g_parts.items()})
-        logs["train/generator_steps"] = float(self.generator_steps)
-        logs["train/discriminator_steps"] = float(self.discriminator_steps)
+        # The counters are host ints. self.log of a Python number would build torch.tensor(x, device=<the GPU>), a
+        # blocking copy every step; a CPU tensor stays on the host all the way to the logger (Lightning keeps each
+        # logged value on its own device), so logging it costs no device work at all.
+        logs["train/generator_steps"] = torch.tensor(float(self.generator_steps))
+        logs["train/discriminator_steps"] = torch.tensor(float(self.discriminator_steps))
         shown = {k: logs.pop(k) for k in ("train/loss_d", "train/loss_g") if k in logs}
         self.log_dict(shown, prog_bar=True, batch_size=batch_size)
         self.log_dict(logs, batch_size=batch_size)

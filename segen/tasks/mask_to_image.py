@@ -27,6 +27,7 @@ validation images, ``val/seg_score_real`` (the ceiling). Without a segmenter onl
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from segen.nets.spade import (
     MultiscalePatchDiscriminator,
     SPADEGenerator,
+    check_class_ids,
     feature_matching_loss,
     one_hot_masks,
 )
@@ -46,6 +48,12 @@ from segen.tasks._parts import drop_object_hparams, own_hyperparameters, resolve
 from segen.tasks.gan import DiscriminatorFactory, GANTask, GeneratorFactory
 
 __all__ = ["MaskToImageTask"]
+
+# Lightning warns once per run that the task's on_before_batch_transfer (the host-side mask check) is used although a
+# data module is attached; that is the intent, so the notice is silenced (this exact message only).
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but"
+)
 
 
 def _patch_discriminator(channels: int, image_size: int, num_classes: int | None) -> nn.Module:
@@ -148,6 +156,7 @@ class MaskToImageTask(GANTask):
                 self.hparams[name] = fixed.get(name, parameter.default)
         drop_object_hparams(self.hparams, ("segmenter",), (dict, str, type(None)))
         self.ignore_index = ignore_index
+        self._masks_checked_on_host = False  # set by on_before_batch_transfer, used up by the next _unpack
         # evaluation parts live in plain dicts, outside the module tree: not in checkpoints, not optimised
         self._evaluation: dict[str, Any] = {"source": segmenter, "segmenter": None}
         self._seg_metrics: dict[str, MulticlassJaccardIndex] = {}
@@ -202,7 +211,7 @@ class MaskToImageTask(GANTask):
             )
         return self._normalisation
 
-    def _one_hot(self, masks: Tensor) -> Tensor:
+    def _one_hot(self, masks: Tensor, validate: bool = True) -> Tensor:
         if masks.ndim == 4:  # already one-hot (B, K, H, W)
             if masks.shape[1] != self.num_classes:
                 raise ValueError(
@@ -210,10 +219,34 @@ class MaskToImageTask(GANTask):
                     f"{self.num_classes}"
                 )
             return masks.float()
-        return one_hot_masks(masks.long(), self.num_classes, self.ignore_index)
+        ids = masks.long()
+        if validate:  # the message of the on_before_batch_transfer check, whichever path finds a bad id
+            check_class_ids(ids, self.num_classes, self.ignore_index, owner="MaskToImageTask")
+        return one_hot_masks(ids, self.num_classes, self.ignore_index, validate=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check the masks' class ids while the batch is still on the host, where reading the result costs no sync.
+
+        Lightning calls this hook on every batch it feeds to a step, before moving the batch to the accelerator;
+        the step's :func:`~segen.nets.spade.one_hot_masks` then skips its value check, which on a GPU would make the
+        host wait for the device every step. A step that did not follow this hook (a direct
+        ``task.training_step(batch, 0)``, a data module that overrides the hook) checks the values itself: free on
+        CPU, one sync on a GPU. Anything but integer ``(B, H, W)`` masks is left to the step, which names the problem.
+        """
+        masks = batch[1] if isinstance(batch, (tuple, list)) and len(batch) >= 2 else None
+        integer = isinstance(masks, Tensor) and not (
+            masks.dtype.is_floating_point or masks.dtype.is_complex or masks.dtype == torch.bool
+        )
+        predicting = self._trainer is not None and self.trainer.predicting
+        if integer and masks.ndim == 3 and not predicting:
+            check_class_ids(masks, self.num_classes, self.ignore_index, owner="MaskToImageTask")
+            self._masks_checked_on_host = True
+        return batch
 
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(images, masks)`` -> images in ``[-1, 1]`` ``(B, C, H, W)`` and one-hot masks ``(B, K, H, W)``."""
+        checked = self._masks_checked_on_host  # this batch's masks were checked on the host
+        self._masks_checked_on_host = False  # the mark is used up by this step
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError(
                 "MaskToImageTask: batches must be (images, masks) pairs from a segmentation data set"
@@ -228,7 +261,7 @@ class MaskToImageTask(GANTask):
                 f"MaskToImageTask: masks of shape {tuple(masks.shape)} for images of shape {tuple(images.shape)}; "
                 "expected (B, H, W) class ids of the images' size"
             )
-        return self.to_generator_range(images.float()), self._one_hot(masks)
+        return self.to_generator_range(images.float()), self._one_hot(masks, validate=not checked)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -7,10 +7,14 @@ Logged: ``train/loss`` (and its parts, e.g. ``train/dice``, ``train/ce``), ``val
 Metrics are dataset-level (one confusion matrix over the whole split, as the Cityscapes and VOC benchmarks define
 mIoU), computed by torchmetrics after ignored pixels are removed: a class absent from both prediction and truth in
 the whole split is left out of the mean.
+
+Mask values are checked on the host, before the batch moves to the accelerator (``on_before_batch_transfer``), so
+the training step never waits for the GPU to say whether a mask is valid; see :meth:`SegmentationTask.on_before_batch_transfer`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +27,18 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 
 from segen.inference import sliding_window
 from segen.losses import build_loss
+from segen.losses.segmentation import check_target, check_target_values
 from segen.nets.unet import UNet
 from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["NetFactory", "SegmentationTask", "build_net"]
+
+# Lightning warns once per run that the task's on_before_batch_transfer (the host-side mask check) is used although a
+# data module is attached; that is the intent, so the notice is silenced (this exact message only).
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but"
+)
 
 # A network factory: called with the data's shape as keywords, e.g. UNet or functools.partial(UNet, depth=3).
 NetFactory = Callable[[int, int], nn.Module]
@@ -36,6 +47,10 @@ NetFactory = Callable[[int, int], nn.Module]
 def build_net(net: NetFactory | nn.Module | None, in_channels: int, num_classes: int) -> nn.Module:
     """The task's network: ``net`` itself if it is a module, else ``net(in_channels=..., num_classes=...)``."""
     return build_module(net, UNet, "net", in_channels=in_channels, num_classes=num_classes)
+
+
+def _is_float_or_bool(tensor: Tensor) -> bool:
+    return tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool
 
 
 class SegmentationTask(LightningModule):
@@ -91,7 +106,12 @@ class SegmentationTask(LightningModule):
         drop_object_hparams(self.hparams, ("net", "optimizer", "scheduler"))
         self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
         self.net = build_net(net, in_channels=in_channels, num_classes=num_classes)
-        self.criterion = build_loss(loss, ignore_index=ignore_index, **(loss_kwargs or {}))
+        # the task checks the masks itself (see on_before_batch_transfer); the loss's own per-step check would read
+        # the device on every step. An explicit loss_kwargs={"validate": True} turns it back on.
+        self.criterion = build_loss(
+            loss, ignore_index=ignore_index, **{"validate": False, **(loss_kwargs or {})}
+        )
+        self._masks_checked_on_host = False  # set by on_before_batch_transfer, consumed by the next step
         self.class_names = list(class_names) if class_names else None
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.val_metrics = self._make_metrics("val")
@@ -122,7 +142,26 @@ class SegmentationTask(LightningModule):
                 f"{tuple(images.shape)}; expected masks (B, H, W) = {(images.shape[0], *images.shape[2:])}"
             )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check the mask values while the batch is still on the host, where reading the result costs no sync.
+
+        Lightning calls this hook on every batch it feeds to a step (fit, validate, test), before moving the batch
+        to the accelerator. The step then checks only metadata (shapes, dtypes: free) and skips the value check,
+        which on a GPU would make the host wait for the device every step. A step that did not follow this hook (a
+        direct ``task.training_step(batch, 0)``, a data module that overrides the hook) checks the values itself:
+        free on CPU, one sync on a GPU. Masks that are not integer ``(B, H, W)`` tensors are left to the step, whose
+        metadata check names the problem.
+        """
+        masks = batch[1] if isinstance(batch, (tuple, list)) and len(batch) >= 2 else None
+        predicting = self._trainer is not None and self.trainer.predicting  # predict_step ignores masks
+        if isinstance(masks, Tensor) and masks.ndim == 3 and not _is_float_or_bool(masks) and not predicting:
+            check_target_values(masks, self.num_classes, self.ignore_index)
+            self._masks_checked_on_host = True
+        return batch
+
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        checked = self._masks_checked_on_host  # this batch's masks were checked on the host
+        self._masks_checked_on_host = False  # the mark is used up by this step
         images, masks = batch  # (B, C, H, W), (B, H, W)
         self._check_batch(images, masks)
         window = self.hparams.get("val_window")
@@ -130,6 +169,8 @@ class SegmentationTask(LightningModule):
             logits = sliding_window(self, images, window, overlap=self.hparams.val_overlap)  # (B, K, H, W)
         else:
             logits = self(images)  # (B, K, H, W)
+        # metadata always; values only if on_before_batch_transfer did not check them on the host
+        check_target(logits, masks, self.ignore_index, values=not checked)
         parts = self.compute_loss(logits, masks)
         batch_size = images.shape[0]
         on_step = stage == "train"

@@ -190,7 +190,9 @@ class VAETask(SampleQualityHooks, LightningModule):
                 "train/elbo": -(parts.recon + parts.kl).detach(),
                 "train/recon": parts.recon.detach(),
                 "train/kl": parts.kl.detach(),
-                "train/beta": float(beta),
+                # a CPU tensor: a Python float would become torch.tensor(beta, device=<the GPU>), a blocking copy
+                # every step; Lightning keeps a logged value on its own device, so this one never leaves the host
+                "train/beta": torch.tensor(float(beta)),
             },
             prog_bar=False,
             batch_size=images.shape[0],

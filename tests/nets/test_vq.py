@@ -206,6 +206,20 @@ def test_dead_codes_are_restarted_onto_batch_vectors_every_restart_every_steps()
     assert vq.steps.item() == 3
 
 
+def test_the_restart_schedule_continues_from_a_loaded_step_count():
+    """The schedule counts on a host copy of ``steps`` (no device read per step); a state-dict load resets it."""
+    codes = [[0.0, 0.0], [100.0, 100.0]]
+    source = set_codebook(VectorQuantizer(2, 2, restart_every=3), codes)
+    for _ in range(2):
+        source(torch.rand(1, 2, 2, 2))  # all near the origin: code 1 is dead, not yet restarted
+    assert source.embedding[1].min() > 50
+    restored = VectorQuantizer(2, 2, restart_every=3)
+    restored(torch.rand(1, 2, 2, 2))  # a step of its own first, so its host count is stale (1)
+    restored.load_state_dict(source.state_dict())
+    restored(torch.rand(1, 2, 2, 2))  # step 3 of the loaded run: code 1 is restarted onto the batch
+    assert restored.steps.item() == 3 and restored.embedding[1].max() < 1.0
+
+
 def test_restart_every_zero_never_restarts():
     vq = set_codebook(VectorQuantizer(2, 1, restart_every=0), [[0.0], [100.0]])
     for _ in range(5):

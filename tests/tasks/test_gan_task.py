@@ -89,6 +89,7 @@ def test_max_steps_counts_generator_and_discriminator_updates(
     assert fit.global_step == max_steps
     assert (gan.generator_steps, gan.discriminator_steps) == (g_steps, d_steps)
     assert fit.callback_metrics["train/generator_steps"] == g_steps
+    assert fit.callback_metrics["train/discriminator_steps"] == d_steps
     assert max_steps_for(g_steps, n_critic) == g_steps * (n_critic + 1)
 
 

@@ -146,6 +146,29 @@ def test_bad_batches_and_missing_normalisation_are_named(tmp_path):
         quiet_trainer(tmp_path, max_steps=1).fit(plain, loader)
 
 
+def test_mask_class_ids_are_checked_on_the_host_before_the_batch_moves(tmp_path):
+    """Under a Trainer the class ids are checked in on_before_batch_transfer, on the host, and the step's one-hot
+    conversion skips its check (no device sync there); a direct call checks them itself, with the same message."""
+    m2i = task(mean=(0.5,) * 3, std=(0.5,) * 3)
+    images, masks = toy_pairs(2, 0).tensors
+    bad = masks.clone()
+    bad[0, 0, 0] = 7
+    message = (
+        r"MaskToImageTask: class ids must be in \[0, 3\) \(num_classes=3\) or equal ignore_index=255, found 7"
+    )
+    with pytest.raises(ValueError, match=message):
+        m2i.on_before_batch_transfer((images, bad), 0)
+    m2i.on_before_batch_transfer((images, masks), 0)
+    assert m2i._masks_checked_on_host
+    m2i._unpack((images, masks))
+    assert not m2i._masks_checked_on_host  # used up: the next direct call checks again
+    with pytest.raises(ValueError, match=message):
+        m2i._unpack((images, bad))
+    with pytest.raises(ValueError, match=message) as info:
+        quiet_trainer(tmp_path, max_steps=2).fit(m2i, DataLoader(TensorDataset(images, bad), batch_size=2))
+    assert "on_before_batch_transfer" in [entry.name for entry in info.traceback]
+
+
 def test_trains_on_a_file_based_semantic_data_module_with_ignored_pixels(tmp_path):
     """Any semantic data module: a mask folder (with a 255 patch), its ImageNet normalisation, cropped pairs."""
     from fake_trees import write_mask_folder

@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
 
 from segen import SegmentationTask, ShapesDataModule, UNet
 from segen.losses import dice_loss
@@ -187,6 +188,26 @@ def test_mask_value_out_of_range_is_named():
     masks[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"9.*num_classes=4"):
         task.training_step((images, masks), 0)
+
+
+def test_mask_values_are_checked_on_the_host_before_the_batch_moves(tmp_path):
+    """Under a Trainer the value check runs in on_before_batch_transfer, on the host, and the step skips it (no
+    device sync there); a step that did not follow the hook (a direct call) checks the values itself."""
+    task = tiny_task()
+    images, masks = torch.randn(2, 3, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    bad = masks.clone()
+    bad[1, 2, 3] = 9
+    with pytest.raises(ValueError, match=r"target holds class 9, but the loss has num_classes=4"):
+        task.on_before_batch_transfer((images, bad), 0)
+    assert task.on_before_batch_transfer((images, masks), 0)[1] is masks and task._masks_checked_on_host
+    task.training_step((images, masks), 0)
+    assert not task._masks_checked_on_host  # used up by that step: the next direct call checks again
+    with pytest.raises(ValueError, match=r"9.*num_classes=4"):
+        task.training_step((images, bad), 0)
+    loader = DataLoader(TensorDataset(images, bad), batch_size=2)
+    with pytest.raises(ValueError, match=r"target holds class 9, but the loss has num_classes=4") as info:
+        trainer(tmp_path, max_steps=1, num_sanity_val_steps=0).fit(task, loader)
+    assert "on_before_batch_transfer" in [entry.name for entry in info.traceback]
 
 
 def test_mask_shape_mismatch_is_named():

@@ -76,6 +76,13 @@ def test_kl_warmup_ramps_beta():
     assert VAETask(channels=1, image_size=16, beta=0.5).kl_weight() == 0.5
 
 
+def test_the_logged_beta_follows_the_warmup(tmp_path):
+    vae = VAETask(channels=1, image_size=16, latent_dim=4, beta=4.0, kl_warmup_steps=10, fid_feature=None)
+    fit = trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    fit.fit(vae, binary_loader())
+    assert fit.callback_metrics["train/beta"].item() == pytest.approx(4.0 * 3 / 10)  # the third step's beta
+
+
 def test_sample_and_reconstruct_are_images_in_range_and_labels_choose_the_class():
     torch.manual_seed(0)
     vae = VAETask(channels=1, image_size=16, latent_dim=4, num_classes=3)

@@ -1,0 +1,329 @@
+"""No host-device synchronisation inside ``training_step``, for every task family.
+
+On a GPU, reading a device tensor on the host (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``) waits for every
+queued kernel, and so does ``torch.tensor(3.0, device="cuda")`` (a blocking copy from pageable memory; Lightning's
+``self.log(name, <python number>)`` does exactly that). One such call per step keeps the GPU idle while Python
+prepares the next step. These tests run a few real training steps on CPU and count the Python-level calls that
+would synchronise on CUDA, made while ``training_step`` runs (Lightning's ``self.log`` included):
+
+- ``Tensor.item / tolist / numpy / cpu / __bool__ / __float__ / __int__ / __index__`` (a device read);
+- ``torch.tensor`` / ``torch.as_tensor`` of host data with a ``device`` (a blocking host-to-device copy);
+- ``Tensor.nonzero`` and indexing with a boolean mask (an output size only the device knows).
+
+A sync issued inside C++ without passing through these Python entry points is not seen here; on a GPU
+``torch.cuda.set_sync_debug_mode("warn")`` sees those too. Each failure lists the calls by site.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from segen import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    GANTask,
+    InstanceSegmentationTask,
+    MaskToImageTask,
+    SegmentationTask,
+    ShapesDataModule,
+    UNet,
+    VAETask,
+    VQVAETask,
+)
+from segen.nets import MultiscalePatchDiscriminator, SPADEGenerator
+
+READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+THIS_FILE = str(Path(__file__).resolve())
+ROOTS = {  # where a call site lives, for the report
+    "segen": str(Path(__file__).resolve().parents[1] / "segen"),
+    "lightning": str(Path(sys.modules["lightning"].__file__).parent),
+    "torchvision": str(Path(torchvision.__file__).parent),
+    "torch": str(Path(torch.__file__).parent),
+}
+
+
+class SyncCounter:
+    """Counts the calls listed in the module docstring made while ``inside`` is true, by call site."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.calls: Counter[tuple[str, str, str]] = Counter()  # (what, innermost site, segen caller)
+
+    def record(self, what: str) -> None:
+        stack = [f for f in traceback.extract_stack()[:-2] if f.filename != THIS_FILE]
+        innermost = stack[-1]
+        if innermost.filename.startswith(ROOTS["torch"] + "/optim/"):
+            # torch.optim keeps Adam's step count on the host on purpose (capturable=False, fused=False: "special
+            # device hosting for step" in torch/optim/adam.py); reading it is not a device sync
+            return
+        segen_frames = [f for f in stack if f.filename.startswith(ROOTS["segen"])]
+        via = self.where(segen_frames[-1]) if segen_frames and segen_frames[-1] is not innermost else ""
+        self.calls[(what, self.where(innermost), via)] += 1
+
+    @staticmethod
+    def where(frame: traceback.FrameSummary) -> str:
+        for name, root in ROOTS.items():
+            if frame.filename.startswith(root + "/"):
+                return f"{name}/{Path(frame.filename).relative_to(root)}:{frame.lineno} ({frame.name})"
+        return f"{frame.filename}:{frame.lineno} ({frame.name})"
+
+    @contextmanager
+    def patched(self) -> Iterator[None]:
+        originals: list[tuple[Any, str, Any]] = []
+
+        def patch(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+            original = getattr(owner, name)
+            originals.append((owner, name, original))
+            setattr(owner, name, make(original))
+
+        def read(name: str):
+            def make(original):
+                @functools.wraps(original)
+                def wrapper(tensor, *args, **kwargs):
+                    if self.inside:
+                        self.record(f"Tensor.{name}")
+                    return original(tensor, *args, **kwargs)
+
+                return wrapper
+
+            return make
+
+        def host_to_device(name: str):
+            def make(original):
+                @functools.wraps(original)
+                def wrapper(data, *args, **kwargs):
+                    if (
+                        self.inside
+                        and kwargs.get("device") is not None
+                        and not isinstance(data, torch.Tensor)
+                    ):
+                        self.record(f"torch.{name}(<host data>, device=...)")
+                    return original(data, *args, **kwargs)
+
+                return wrapper
+
+            return make
+
+        def nonzero(original):
+            @functools.wraps(original)
+            def wrapper(tensor, *args, **kwargs):
+                if self.inside:
+                    self.record("Tensor.nonzero")
+                return original(tensor, *args, **kwargs)
+
+            return wrapper
+
+        def getitem(original):
+            @functools.wraps(original)
+            def wrapper(tensor, index):
+                if self.inside:
+                    parts = index if isinstance(index, tuple) else (index,)
+                    if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                        self.record("Tensor[boolean mask]")
+                return original(tensor, index)
+
+            return wrapper
+
+        try:
+            for name in READS:
+                patch(torch.Tensor, name, read(name))
+            for name in ("tensor", "as_tensor"):
+                patch(torch, name, host_to_device(name))
+            patch(torch.Tensor, "nonzero", nonzero)
+            patch(torch.Tensor, "__getitem__", getitem)
+            yield
+        finally:
+            for owner, name, original in reversed(originals):
+                setattr(owner, name, original)
+
+    def watch(self, task: LightningModule) -> None:
+        """Count while ``task.training_step`` runs (an instance attribute, so Lightning calls it)."""
+        step = task.training_step
+
+        @functools.wraps(step)
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            self.inside = True
+            try:
+                return step(*args, **kwargs)
+            finally:
+                self.inside = False
+
+        task.training_step = training_step
+
+
+# ---------------------------------------------------------------------------------------- tiny tasks
+def _images(n: int, channels: int, size: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.rand(n, channels, size, size, generator=g) * 2 - 1, torch.arange(n) % 3)
+
+
+def segmentation() -> tuple[LightningModule, Any]:
+    task = SegmentationTask(
+        num_classes=4, in_channels=3, net=functools.partial(UNet, base_channels=4, depth=2), warmup_steps=0
+    )
+    return task, ShapesDataModule(image_size=32, num_train=8, num_val=4, batch_size=4)
+
+
+def gan() -> tuple[LightningModule, Any]:
+    task = GANTask(
+        channels=1,
+        image_size=16,
+        latent_dim=8,
+        generator=functools.partial(DCGANGenerator, base_channels=8),
+        discriminator=functools.partial(DCGANDiscriminator, base_channels=8),
+        fid_feature=None,
+    )
+    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+
+
+def gan_r1() -> tuple[LightningModule, Any]:
+    """R1 and DiffAugment: the regulariser's schedule is decided on the host (a step counter, no tensor)."""
+    task, data = gan()
+    task = GANTask(
+        **{**task.hparams, "r1_gamma": 1.0, "r1_interval": 1, "diffaugment": "color,translation,cutout"},
+        generator=functools.partial(DCGANGenerator, base_channels=8),
+        discriminator=functools.partial(DCGANDiscriminator, base_channels=8),
+    )
+    return task, data
+
+
+def vae() -> tuple[LightningModule, Any]:
+    task = VAETask(
+        channels=1, image_size=16, latent_dim=4, fid_feature=None, warmup_steps=0, kl_warmup_steps=10
+    )
+    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+
+
+def vqvae() -> tuple[LightningModule, Any]:
+    task = VQVAETask(channels=1, image_size=16, num_embeddings=16, embedding_dim=4, hidden=8, warmup_steps=0)
+    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+
+
+def mask_to_image() -> tuple[LightningModule, Any]:
+    task = MaskToImageTask(
+        num_classes=4,
+        channels=3,
+        image_size=16,
+        latent_dim=8,
+        generator=functools.partial(SPADEGenerator, base_channels=8, max_channels=8, hidden=8, num_blocks=2),
+        discriminator=lambda channels, image_size, num_classes: MultiscalePatchDiscriminator(
+            num_classes=num_classes, channels=channels, base_channels=8
+        ),
+    )
+    return task, ShapesDataModule(image_size=16, num_train=4, num_val=2, batch_size=2)
+
+
+def instance() -> tuple[LightningModule, Any]:
+    task = InstanceSegmentationTask(
+        num_classes=4,
+        backbone="resnet18",
+        input_min_size=48,
+        input_max_size=48,
+        anchor_sizes=(8, 16, 32, 64, 128),
+        rois_per_image=32,
+        warmup_steps=0,
+    )
+    # the syncs are in the forward (training_step); a frozen backbone and box head only make backward and Adam cheap
+    task.model.backbone.body.requires_grad_(False)
+    task.model.roi_heads.box_head.requires_grad_(False)
+    data = ShapesDataModule(
+        image_size=48, num_train=4, num_val=2, batch_size=2, mode="instance", max_shapes=3
+    )
+    return task, data
+
+
+def run_steps(
+    build: Callable[[], tuple[LightningModule, Any]], tmp_path: Path, max_steps: int = 2
+) -> SyncCounter:
+    torch.manual_seed(0)
+    task, data = build()
+    counter = SyncCounter()
+    counter.watch(task)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        log_every_n_steps=1,  # the logger is fed every step: its work must not land in training_step either
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    with counter.patched():
+        trainer.fit(task, data)
+    assert trainer.global_step == max_steps
+    return counter
+
+
+def report(counter: SyncCounter) -> str:
+    return "host-device syncs in training_step:\n" + "\n".join(
+        f"  {n} x {what} at {site}" + (f" via {via}" if via else "")
+        for (what, site, via), n in sorted(counter.calls.items())
+    )
+
+
+# ---------------------------------------------------------------------------------------- tests
+def test_the_counter_sees_each_kind_of_sync_and_restores_torch():
+    counter = SyncCounter()
+    original_item = torch.Tensor.item
+    with counter.patched():
+        x = torch.ones(3)
+        float(x.sum())  # not inside: not counted
+        counter.inside = True
+        x.sum().item()
+        bool(x.any())
+        _ = x[x > 0]
+        torch.tensor(1.0, device="cpu")
+        torch.tensor(1.0)  # host to host: not a sync
+        x.nonzero()
+        counter.inside = False
+    assert torch.Tensor.item is original_item
+    kinds = sorted({what for what, _, _ in counter.calls})
+    assert kinds == [
+        "Tensor.__bool__",
+        "Tensor.item",
+        "Tensor.nonzero",
+        "Tensor[boolean mask]",
+        "torch.tensor(<host data>, device=...)",
+    ], counter.calls
+
+
+FAMILIES = {
+    "segmentation": segmentation,
+    "gan": gan,
+    "gan_r1_diffaugment": gan_r1,
+    "vae": vae,
+    "vqvae": vqvae,
+    "mask_to_image": mask_to_image,
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_training_step_does_not_sync(family, tmp_path):
+    # two optimizer steps: one step of each net for the GANs (one iteration), two iterations for the others
+    counter = run_steps(FAMILIES[family], tmp_path, max_steps=2)
+    assert not counter.calls, report(counter)
+
+
+def test_mask_rcnn_syncs_only_inside_torchvision(tmp_path):
+    """torchvision's Mask R-CNN samples proposals and matches boxes with data-dependent shapes (unavoidable without
+    rewriting it); segen's step around it, and Lightning's logging of its loss parts, add none."""
+    counter = run_steps(instance, tmp_path, max_steps=1)
+    assert counter.calls, "expected torchvision's own syncs; has the counter stopped seeing them?"
+    assert all(site.startswith("torchvision/") for _, site, _ in counter.calls), report(counter)
