@@ -6,6 +6,7 @@ from segen.callbacks import (
     ReconstructionLogger,
     SampleImageLogger,
     SegmentationImageLogger,
+    SpeedOptions,
     SynthesisImageLogger,
 )
 from segen.data import (
@@ -74,6 +75,7 @@ __all__ = [
     "SegmentationTask",
     "ShapesDataModule",
     "ShapesDataset",
+    "SpeedOptions",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "SynthesisImageLogger",

@@ -40,3 +40,12 @@ def _isolated_env(
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny nets run faster, and the other core stays free for the rest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -39,14 +38,6 @@ def script() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread is faster and leaves the other core to the other tests
-    yield
-    torch.set_num_threads(threads)
 
 
 def table_rows(table: str) -> list[list[str]]:

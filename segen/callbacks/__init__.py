@@ -1,5 +1,6 @@
 """Callbacks that work with every logger (image grids as W&B images, TensorBoard images and PNG files), and the
-writer of ``segen predict``'s colourised masks; sample grids of generative tasks."""
+writer of ``segen predict``'s colourised masks; sample grids of generative tasks; speed options (channels-last,
+``torch.compile``) for every task."""
 
 from segen.callbacks.images import SegmentationImageLogger
 from segen.callbacks.predictions import MaskWriter, palette_image
@@ -10,6 +11,7 @@ from segen.callbacks.samples import (
     SynthesisImageLogger,
     slerp,
 )
+from segen.callbacks.speed import SpeedOptions
 
 __all__ = [
     "LatentTraversalLogger",
@@ -17,6 +19,7 @@ __all__ = [
     "ReconstructionLogger",
     "SampleImageLogger",
     "SegmentationImageLogger",
+    "SpeedOptions",
     "SynthesisImageLogger",
     "palette_image",
     "slerp",
