@@ -80,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--synthetic-ratio", type=float, default=1.0, help="synthetic pairs per labelled pair in (c)")
     add("--batch-size", type=int, default=16, help="batch size of the U-Nets and the GAN")
     # segmentation (a) and (c)
-    add("--unet-steps", type=int, default=400, help="optimizer steps of each U-Net")
+    add("--unet-steps", type=int, default=800, help="optimizer steps of each U-Net")
     add("--unet-base-channels", type=int, default=32)
-    add("--unet-depth", type=int, default=2)
+    add("--unet-depth", type=int, default=3)
     add("--unet-lr", type=float, default=4e-3)
     add("--unet-warmup-steps", type=int, default=20)
     # mask-to-image GAN (b)
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     # the paper's 1e-4 (G) / 4e-4 (D) paint only colour blobs in ~1000 steps here; 2e-3 for both draws shapes
     add("--gan-lr-g", type=float, default=2e-3, help="Adam lr of the generator")
     add("--gan-lr-d", type=float, default=2e-3, help="Adam lr of the discriminator")
+    add(
+        "--feature-matching",
+        type=float,
+        default=10.0,
+        help="weight of the discriminator feature-matching loss",
+    )
     add("--ema-decay", type=float, default=0.999)
     # output
     add("--grid-examples", type=int, default=16, help="(mask | generated) pairs in each PNG")
@@ -281,6 +287,7 @@ def train_gan(
             hidden=args.gan_hidden,
         ),
         discriminator=functools.partial(_discriminator, base_channels=args.d_base_channels),
+        feature_matching=args.feature_matching,
         ema_decay=args.ema_decay,
         lr_g=args.gan_lr_g,
         lr_d=args.gan_lr_d,
