@@ -5,6 +5,7 @@ first stage, an evaluation network) by path or glob."""
 from __future__ import annotations
 
 import glob
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,13 @@ from typing import Any
 
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
+
+# SegmentationTask and MaskToImageTask check mask values on the host in on_before_batch_transfer, and Lightning warns
+# once per run that the task's hook is used although a data module is attached; that is the intent, so this exact
+# notice is silenced (once, here, for every task that imports this module).
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but"
+)
 
 __all__ = ["build_module", "drop_object_hparams", "own_hyperparameters", "resolve_checkpoint"]
 

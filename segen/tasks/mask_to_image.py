@@ -27,7 +27,6 @@ validation images, ``val/seg_score_real`` (the ceiling). Without a segmenter onl
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,12 +47,6 @@ from segen.tasks._parts import drop_object_hparams, own_hyperparameters, resolve
 from segen.tasks.gan import DiscriminatorFactory, GANTask, GeneratorFactory
 
 __all__ = ["MaskToImageTask"]
-
-# Lightning warns once per run that the task's on_before_batch_transfer (the host-side mask check) is used although a
-# data module is attached; that is the intent, so the notice is silenced (this exact message only).
-warnings.filterwarnings(
-    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but"
-)
 
 
 def _patch_discriminator(channels: int, image_size: int, num_classes: int | None) -> nn.Module:

@@ -14,7 +14,6 @@ the training step never waits for the GPU to say whether a mask is valid; see :m
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +32,6 @@ from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["NetFactory", "SegmentationTask", "build_net"]
-
-# Lightning warns once per run that the task's on_before_batch_transfer (the host-side mask check) is used although a
-# data module is attached; that is the intent, so the notice is silenced (this exact message only).
-warnings.filterwarnings(
-    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but"
-)
 
 # A network factory: called with the data's shape as keywords, e.g. UNet or functools.partial(UNet, depth=3).
 NetFactory = Callable[[int, int], nn.Module]
