@@ -194,3 +194,17 @@ def write_coco(
     path = ann_dir / f"instances_{name}.json"
     path.write_text(json.dumps(data))
     return images_dir, path, per_image
+
+
+def corrupt_file(path: Path, how: str = "truncate") -> Path:
+    """Damage a data file in place, keeping its name: ``"truncate"`` keeps its first half (a valid header and
+    pixel data cut off, as after an interrupted copy), ``"random"`` replaces it by as many random bytes (not an
+    image at all). Returns ``path``."""
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "random":
+        path.write_bytes(_rng(len(data)).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    else:
+        raise ValueError(f"how must be 'truncate' or 'random', got {how!r}")
+    return path

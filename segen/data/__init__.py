@@ -1,6 +1,10 @@
 """LightningDataModules and datasets: the embedded shapes and digits, Pascal VOC, Cityscapes, COCO-format json, any
-image/mask folder, MNIST / Fashion-MNIST / CIFAR-10 and ImageNet-style class folders."""
+image/mask folder, MNIST / Fashion-MNIST / CIFAR-10 and ImageNet-style class folders.
 
+A data file that cannot be decoded raises :class:`CorruptFileError` naming it; file-based data modules take
+``skip_corrupt=True`` to skip such files instead and list them in ``corrupt_files``."""
+
+from segen.data._files import CorruptFileError
 from segen.data.cityscapes import CityscapesDataModule
 from segen.data.coco import CocoInstanceDataModule
 from segen.data.generation import (
@@ -22,6 +26,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CityscapesDataModule",
     "CocoInstanceDataModule",
+    "CorruptFileError",
     "DigitsDataModule",
     "EvalTransform",
     "FashionMNISTDataModule",

@@ -8,6 +8,8 @@
   resolution works with any batch size.
 - :func:`require_layout`: a missing or malformed data set folder raises ``FileNotFoundError`` naming the path, the
   expected layout and where to get the data; nothing is ever downloaded.
+- Corrupt files (:mod:`segen.data._files`): :class:`PairDataset` names the image or mask file that cannot be decoded;
+  ``skip_corrupt=True`` drops such items at ``setup`` and lists them in ``corrupt_files``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from segen.data._files import SkipsCorruptFiles, read_item
 from segen.data.loaders import SplitLoaders
+from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import denormalize
 from segen.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
@@ -77,7 +81,8 @@ class PairDataset(Dataset):
 
     Args:
         source: indexable, ``source[i]`` returns ``(PIL image, PIL mask)`` (e.g. a torchvision data set).
-        names: ``names[i]`` is a ``(image file, mask file)`` pair used in error messages.
+        names: ``names[i]`` is the ``(image file, mask file)`` pair of item ``i``: a file that cannot be decoded
+            raises :class:`~segen.data._files.CorruptFileError` naming it (:func:`~segen.data._files.read_item`).
         mask_fn: ``mask_fn(pil_mask, mask_file)`` returns class ids as an ``[H, W]`` integer array in
             ``[0, num_classes) ∪ {255}``; it raises ``ValueError`` naming the file on anything else.
         transform: joint transform ``(image, mask) -> (image float [C, H, W], mask long [H, W])``.
@@ -101,8 +106,8 @@ class PairDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image, mask = self.source[index]
         image_file, mask_file = self.names[index]
+        image, mask = read_item(self.source, index, ((image_file, "image"), (mask_file, "mask")))
         if self.image_mode is not None and image.mode != self.image_mode:
             image = image.convert(self.image_mode)
         if image.size != mask.size:
@@ -127,7 +132,7 @@ def check_mask_values(
     return mask
 
 
-class SemanticDataModule(SplitLoaders, LightningDataModule):
+class SemanticDataModule(SkipsCorruptFiles, SplitLoaders, LightningDataModule):
     """Base of the file-based semantic data modules: transforms, loaders and ``denormalize``.
 
     A subclass calls ``super().__init__(...)`` with the shape attributes (``num_classes``, ``in_channels``,
@@ -141,6 +146,12 @@ class SemanticDataModule(SplitLoaders, LightningDataModule):
 
     ``predict_dir``: a folder of unlabelled images that ``predict_dataloader`` yields as ``(images, info)``
     (:mod:`segen.data.predict`) instead of the test split.
+
+    ``skip_corrupt``: ``False`` (default): an image or mask file that cannot be decoded raises
+    :class:`~segen.data._files.CorruptFileError` naming it when it is read. ``True``: ``setup`` decodes every file of
+    the split once and drops the items with a bad file (also from ``predict_dir``); their paths are in
+    :attr:`corrupt_files` and each is logged once as a warning (:class:`~segen.data._files.CorruptFiles` says why
+    a scan at ``setup``). A subclass builds its splits through :meth:`_drop_corrupt`.
     """
 
     def __init__(
@@ -162,8 +173,10 @@ class SemanticDataModule(SplitLoaders, LightningDataModule):
         seed: int,
         pin_memory: bool,
         predict_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
+        self._init_skip_corrupt(skip_corrupt)
         _check_int("batch_size", batch_size, 1, "a positive integer")
         _check_int("num_workers", num_workers, 0, "a non-negative integer (0 loads in the main process)")
         if len(class_names) != num_classes:
@@ -211,6 +224,18 @@ class SemanticDataModule(SplitLoaders, LightningDataModule):
         self.predict_dataset: Dataset | None = None
         self.predict_dir = predict_dir
 
+    def _drop_corrupt(
+        self, source: Any, names: Sequence[tuple[str, str]], where: str
+    ) -> tuple[Any, list[tuple[str, str]]]:
+        """``(source, names)`` of one split without the items whose image or mask cannot be decoded, when
+        ``skip_corrupt``; unchanged (and no file read) otherwise. ``where`` names the split in messages."""
+        if not self.skip_corrupt:
+            return source, list(names)
+        kept = self._corrupt.keep(names, where)
+        if len(kept) == len(names):
+            return source, list(names)
+        return Subset(source, kept), [names[i] for i in kept]
+
     # Subclasses build one split's data set with the given joint transform.
     def _make_dataset(self, split: str, transform: PairTransform) -> Dataset:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -224,6 +249,12 @@ class SemanticDataModule(SplitLoaders, LightningDataModule):
             self.test_dataset = self._make_dataset("test", self.val_transform)
             self.predict_dataset = self.test_dataset
         self._setup_predict_dir(stage)
+        if (
+            self.skip_corrupt
+            and stage in (None, "predict")
+            and isinstance(self.predict_dataset, ImageFolderDataset)
+        ):
+            self.predict_dataset.drop_corrupt(self._corrupt)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map loader images (``[B, C, H, W]`` or ``[C, H, W]``) back to ``[0, 1]``."""

@@ -24,6 +24,9 @@ person, rider, car, truck, bus, train, motorcycle, bicycle are kept, as labels 1
 ``x2``/``y2`` exclusive: max + 1), ``labels`` int64 ``[N]`` and ``masks`` uint8 ``[N, H, W]``. The image is float
 ``[3, H, W]`` in ``[0, 1]``, not normalised (torchvision's Mask R-CNN normalises itself; ``mean``/``std`` are the
 identity); training applies only a random horizontal flip (``hflip``) to image, boxes and masks together.
+
+Files are read by torchvision's ``Cityscapes``; an image or label map that cannot be decoded raises
+:class:`~segen.data._files.CorruptFileError` naming it, or is skipped with ``skip_corrupt=True``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import Cityscapes
 
 from segen.data._common import PairDataset, PairTransform, SemanticDataModule, require_layout
+from segen.data._files import read_item
 from segen.data.shapes import collate_instances
 from segen.data.transforms import InstanceTransform
 from segen.inference.postprocess import boxes_from_masks
@@ -145,7 +149,8 @@ class CityscapesInstances(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image, instance_ids = self.source[index]
+        files = ((self.source.images[index], "image"), (self.source.targets[index][0], "instance map"))
+        image, instance_ids = read_item(self.source, index, files)
         if image.size != instance_ids.size:
             raise ValueError(
                 f"image {self.source.images[index]!r} and {self.source.targets[index][0]!r} differ in size: "
@@ -173,6 +178,8 @@ class CityscapesDataModule(SemanticDataModule):
         mean, std: semantic normalisation (default ImageNet's); ignored in instance mode (identity).
         train_transform, val_transform: optional semantic joint transforms replacing the defaults.
         min_instance_area: instance mode drops instances with fewer pixels.
+        skip_corrupt: decode every file once at ``setup`` and skip the items whose image or label map cannot be
+            decoded, listing them in ``corrupt_files`` (default: such a file raises ``CorruptFileError`` naming it).
     """
 
     def __init__(
@@ -193,6 +200,7 @@ class CityscapesDataModule(SemanticDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         predict_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         if target not in _TARGETS:
             raise ValueError(f"target must be one of {_TARGETS}, got {target!r}")
@@ -219,6 +227,7 @@ class CityscapesDataModule(SemanticDataModule):
             seed=seed,
             pin_memory=pin_memory,
             predict_dir=predict_dir,
+            skip_corrupt=skip_corrupt,
         )
         self.save_hyperparameters(ignore=["train_transform", "val_transform"])
         self.target, self.hflip, self.min_instance_area = target, hflip, min_instance_area
@@ -254,6 +263,13 @@ class CityscapesDataModule(SemanticDataModule):
                 f"{len(missing)} annotation files are missing under {str(self.root / 'gtFine' / folder)!r}, e.g. "
                 f"{', '.join(repr(m) for m in missing[:3])}.\nExpected layout:\n{_LAYOUT}\n{_HOW_TO_GET}"
             )
+        if self.skip_corrupt:  # the same lists torchvision reads, without the items holding a bad file
+            names = [(image, targets[0]) for image, targets in zip(source.images, source.targets)]
+            kept = self._corrupt.keep(
+                names, f"the {folder} split ({str(self.root / 'leftImg8bit' / folder)!r})"
+            )
+            source.images = [source.images[i] for i in kept]
+            source.targets = [source.targets[i] for i in kept]
         return source
 
     def _make_dataset(self, split: str, transform: PairTransform) -> Dataset:

@@ -19,7 +19,9 @@ decodes polygons and RLE to masks with pycocotools. segen adds what that lacks f
 - images without annotations get empty targets instead of a target without ``boxes``;
 - crowd regions (``iscrowd=1``) are dropped from training targets and kept in evaluation targets with
   ``iscrowd``, which torchmetrics' COCO mAP then ignores as the official evaluation does;
-- a validation split held out of the training json when no validation json is given.
+- a validation split held out of the training json when no validation json is given;
+- an image file that cannot be decoded raises :class:`~segen.data._files.CorruptFileError` naming it, or, with
+  ``skip_corrupt=True``, is dropped at ``setup`` and listed in ``corrupt_files``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
+from segen.data._files import CorruptFiles, SkipsCorruptFiles, read_item
 from segen.data.loaders import SplitLoaders
+from segen.data.predict import ImageFolderDataset
 from segen.data.shapes import collate_instances
 from segen.data.transforms import InstanceTransform
 
@@ -99,6 +103,10 @@ class CocoInstances(Dataset):
         transform: joint ``(image, target) -> (image, target)``, default :class:`InstanceTransform` without
             augmentation.
         keep_crowd: keep ``iscrowd=1`` regions (evaluation) instead of dropping them (training).
+        corrupt: a data module's record of corrupt files: when given, every image is decoded once here and those
+            that cannot be decoded are dropped (``skip_corrupt=True``); otherwise such an image raises
+            :class:`~segen.data._files.CorruptFileError` naming it when read.
+        split: the split's name in messages.
     """
 
     def __init__(
@@ -109,12 +117,19 @@ class CocoInstances(Dataset):
         image_ids: Sequence[int] | None = None,
         transform: InstanceTransform | None = None,
         keep_crowd: bool = False,
+        corrupt: CorruptFiles | None = None,
+        split: str = "train",
     ) -> None:
         self.root, self.annotations = Path(root), Path(annotations)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines on every load
             source = CocoDetection(str(self.root), str(self.annotations))
         if image_ids is not None:
             source.ids = list(image_ids)
+        if not source.ids:
+            raise ValueError(
+                f'the {split} split of {str(self.annotations)!r} holds no image (its "images" list is empty); '
+                f"expected at least one.\nExpected:\n{_LAYOUT}"
+            )
         used = {a["category_id"] for a in source.coco.dataset["annotations"]}
         unknown = sorted(used - set(category_ids))
         if unknown:
@@ -131,10 +146,15 @@ class CocoInstances(Dataset):
                 f"{len(missing)} of {len(source.ids)} images listed in {str(self.annotations)!r} are missing under "
                 f"{str(self.root)!r}, e.g. {missing[:3]}.\nExpected:\n{_LAYOUT}\n{_HOW_TO_GET}"
             )
+        if corrupt is not None:
+            files = [(self.root / source.coco.imgs[i]["file_name"],) for i in source.ids]
+            kept = corrupt.keep(files, f"the {split} split ({str(self.annotations)!r})")
+            source.ids = [source.ids[k] for k in kept]
         self.source = wrap_dataset_for_transforms_v2(
             source, target_keys=("boxes", "labels", "masks", "iscrowd")
         )
         self.image_ids = list(source.ids)
+        self.files = [str(self.root / source.coco.imgs[i]["file_name"]) for i in source.ids]
         self.label_of = torch.zeros(max(category_ids) + 1, dtype=torch.int64)
         self.label_of[torch.tensor(list(category_ids))] = torch.arange(1, len(category_ids) + 1)
         self.transform = transform if transform is not None else InstanceTransform(hflip=0.0)
@@ -144,9 +164,8 @@ class CocoInstances(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image, raw = self.source[
-            index
-        ]  # PIL image, {"boxes", "labels", "masks", "iscrowd"} or {} w/o objects
+        # PIL image, {"boxes", "labels", "masks", "iscrowd"} or {} w/o objects
+        image, raw = read_item(self.source, index, ((self.files[index], "image"),))
         width, height = image.size
         if "boxes" in raw:
             target = {
@@ -172,7 +191,7 @@ class CocoInstances(Dataset):
         return image, target
 
 
-class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
+class CocoInstanceDataModule(SkipsCorruptFiles, SplitLoaders, LightningDataModule):
     """COCO-format instance segmentation for :class:`~segen.tasks.InstanceSegmentationTask`.
 
     ``num_classes`` (categories + background), ``in_channels`` and ``class_names`` exist right after ``__init__``
@@ -186,6 +205,9 @@ class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
         hflip, crop_size, scale_range: the training :class:`~segen.data.transforms.InstanceTransform`.
         batch_size, num_workers, pin_memory, seed: loader settings.
         predict_dir: a folder of images for ``segen predict``.
+        skip_corrupt: decode every image once at ``setup`` and skip those that cannot be decoded, listing them in
+            ``corrupt_files`` (default: such a file raises ``CorruptFileError`` naming it). The split into train and
+            val is drawn first, so a good image stays in its split.
     """
 
     def __init__(
@@ -203,9 +225,11 @@ class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         predict_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._init_skip_corrupt(skip_corrupt)
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -260,14 +284,36 @@ class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
         self.predict_dataset: Dataset | None = None
 
     def _val_split(self) -> CocoInstances:
+        corrupt = self._corrupt if self.skip_corrupt else None
         if self.val_annotations is not None:
-            return CocoInstances(self.val_root, self.val_annotations, self.category_ids, keep_crowd=True)
-        return CocoInstances(self.root, self.annotations, self.category_ids, self.val_ids, keep_crowd=True)
+            return CocoInstances(
+                self.val_root,
+                self.val_annotations,
+                self.category_ids,
+                keep_crowd=True,
+                corrupt=corrupt,
+                split="val",
+            )
+        return CocoInstances(
+            self.root,
+            self.annotations,
+            self.category_ids,
+            self.val_ids,
+            keep_crowd=True,
+            corrupt=corrupt,
+            split="val",
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.train_dataset = CocoInstances(
-                self.root, self.annotations, self.category_ids, self.train_ids, self.train_transform
+                self.root,
+                self.annotations,
+                self.category_ids,
+                self.train_ids,
+                self.train_transform,
+                corrupt=self._corrupt if self.skip_corrupt else None,
+                split="train",
             )
         if stage in (None, "fit", "validate"):
             self.val_dataset = self._val_split()
@@ -275,6 +321,12 @@ class CocoInstanceDataModule(SplitLoaders, LightningDataModule):
             self.test_dataset = self.val_dataset if self.val_dataset is not None else self._val_split()
             self.predict_dataset = self.test_dataset
         self._setup_predict_dir(stage)
+        if (
+            self.skip_corrupt
+            and stage in (None, "predict")
+            and isinstance(self.predict_dataset, ImageFolderDataset)
+        ):
+            self.predict_dataset.drop_corrupt(self._corrupt)
 
     def _collate_fn(self) -> Any:
         return collate_instances

@@ -18,6 +18,11 @@ each pixel is 1 with probability equal to its intensity in ``[0, 1]`` and mapped
 resampled every time they are read (torch's global generator, which Lightning seeds per worker), as in
 Salakhutdinov & Murray (2008), so the model cannot overfit one binarisation; validation items use a generator seeded
 with ``(seed, index)``, so the validation ELBO is measured on the same binary images at every epoch.
+
+Corrupt files: an image of an :class:`ImageFolderDataModule` that cannot be decoded raises
+:class:`~segen.data._files.CorruptFileError` naming it, or is skipped with ``skip_corrupt=True`` (listed in
+``corrupt_files``). MNIST-style idx files and CIFAR-10 batches hold a whole split each, so there is nothing to skip:
+one that is cut short or not in the expected format raises ``CorruptFileError`` naming it and how to get it again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import pickle
 import shutil
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +50,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from segen.data._common import require_layout
+from segen.data._files import CorruptFileError, SkipsCorruptFiles, open_image
 from segen.data.loaders import SplitLoaders
 
 __all__ = [
@@ -379,6 +388,12 @@ class _MNISTLike(_GenerationDataModule):
                 with gzip.open(archive, "rb") as src, open(partial, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 os.replace(partial, target)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+                partial.unlink(missing_ok=True)
+                raise CorruptFileError(
+                    f"could not unpack {str(archive)!r}: it is cut short or not a gzip file ({type(error).__name__}: "
+                    f"{error}). Delete it and get it again. {self._how_to_get()}"
+                ) from error
             except OSError as error:
                 partial.unlink(missing_ok=True)
                 raise OSError(
@@ -386,10 +401,52 @@ class _MNISTLike(_GenerationDataModule):
                     f"(gunzip -k {str(archive)!r}) or make the folder writable"
                 ) from error
 
+    def _check_contents(self, train: bool) -> None:
+        """Read the headers of the split's idx files (cheap) and raise ``CorruptFileError`` naming a file whose
+        header or size is not that of an unsigned-byte idx file, or whose item count differs from its partner's."""
+        prefix = "train" if train else "t10k"
+        counts = {}
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            path = self.raw_folder / f"{prefix}-{kind}-ubyte"
+            if not path.is_file():
+                return  # torchvision is about to download it, or reports it missing
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                header = f.read(4 + 4 * ndim)
+            problem = None
+            if len(header) < 4 + 4 * ndim or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+                problem = (
+                    f"it does not start with the header of an idx file of unsigned bytes with {ndim} dimension(s) "
+                    f"(magic 0x0000080{ndim}; found {header[:4].hex() or 'nothing'})"
+                )
+            else:
+                dims = struct.unpack(f">{ndim}I", header[4:])
+                expected = len(header) + math.prod(dims)
+                if size != expected:
+                    problem = (
+                        f"its header announces {'x'.join(map(str, dims))} values, a file of {expected} bytes, but it "
+                        f"has {size} bytes (cut short or damaged)"
+                    )
+                elif dims[0] == 0:
+                    problem = "it holds no item (its first dimension is 0)"
+                counts[kind] = dims[0]
+            if problem:
+                raise CorruptFileError(
+                    f"the {self.display_name} file {str(path)!r} cannot be read: {problem}. Delete it (and any "
+                    f"{path.name}.gz beside it) and get it again. {self._how_to_get()}"
+                )
+        if len(set(counts.values())) > 1:
+            raise CorruptFileError(
+                f"the {self.display_name} files {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte in "
+                f"{str(self.raw_folder)!r} hold {counts['images-idx3']} images but {counts['labels-idx1']} labels; "
+                f"expected one label per image. {self._how_to_get()}"
+            )
+
     def _open(self, train: bool, download: bool) -> datasets.MNIST:
         if not download:
             self._check_files()
         self._unpack()
+        self._check_contents(train)
         try:
             return self.dataset_class(str(self.root), train=train, download=download)
         except (RuntimeError, URLError) as error:
@@ -427,6 +484,9 @@ class MNISTDataModule(_MNISTLike):
     (the standard 32x32 framing of LeNet and DCGAN, so power-of-two networks fit), then, when ``image_size != 32``,
     resizes bilinearly (antialiased) to ``image_size``, so the digit fills the same fraction of the frame at every
     size. ``binarize=True`` gives dynamically binarised images (module docstring).
+
+    An idx file whose header or size is wrong (cut short, random bytes, a ``.gz`` that does not unpack) raises
+    :class:`~segen.data._files.CorruptFileError` naming it; there is no ``skip_corrupt``, as one file holds a split.
     """
 
 
@@ -467,7 +527,9 @@ class CIFAR10DataModule(_GenerationDataModule):
 
     torchvision checks every file against the md5 of the official release; a mismatch raises ``RuntimeError``
     naming the files. ``verify_checksums=False`` only checks that the files exist (a subclass of torchvision's
-    reader with the md5 entries set to ``None``), for a deliberately modified copy such as a subset.
+    reader with the md5 entries set to ``None``), for a deliberately modified copy such as a subset; a batch file
+    that then cannot be unpickled raises :class:`~segen.data._files.CorruptFileError` naming it (no ``skip_corrupt``:
+    one file holds 10000 images).
     """
 
     base_folder = datasets.CIFAR10.base_folder
@@ -531,6 +593,9 @@ class CIFAR10DataModule(_GenerationDataModule):
         reader = datasets.CIFAR10 if self.verify_checksums else _CIFAR10AnyContent
         try:
             data = reader(str(self.root), train=train, download=download)
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError) as error:
+            self._raise_corrupt(train, error)
+            raise
         except (RuntimeError, URLError) as error:
             official = dict(datasets.CIFAR10.train_list + datasets.CIFAR10.test_list)
             official[datasets.CIFAR10.meta["filename"]] = datasets.CIFAR10.meta["md5"]
@@ -552,6 +617,37 @@ class CIFAR10DataModule(_GenerationDataModule):
             )
         return data
 
+    def _raise_corrupt(self, train: bool, error: BaseException) -> None:
+        """Find which of the split's pickled batches (or ``batches.meta``) torchvision could not read and raise
+        ``CorruptFileError`` naming it; return when every file looks right (the error has another cause)."""
+        names = [name for name, _ in (datasets.CIFAR10.train_list if train else datasets.CIFAR10.test_list)]
+        for name in (*names, datasets.CIFAR10.meta["filename"]):
+            path = self.root / self.base_folder / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                if name == datasets.CIFAR10.meta["filename"]:
+                    problem = (
+                        None
+                        if isinstance(entry, dict) and "label_names" in entry
+                        else "no 'label_names' list"
+                    )
+                else:
+                    rows = np.asarray(entry["data"])
+                    problem = (
+                        None
+                        if rows.ndim == 2 and rows.shape[1] == 3072 and len(entry["labels"]) == rows.shape[0]
+                        else f"'data' of shape {rows.shape} with {len(entry['labels'])} labels, expected [n, 3072] "
+                        "with n labels"
+                    )
+            except Exception as bad:  # any failure to read the pickle means a damaged file
+                problem = f"{type(bad).__name__}: {bad}"
+            if problem is not None:
+                raise CorruptFileError(
+                    f"the CIFAR-10 file {str(path)!r} cannot be read (cut short, or not a pickled CIFAR-10 batch): "
+                    f"{problem}. Re-download {datasets.CIFAR10.url} and unpack it into {str(self.root)!r}."
+                ) from error
+
     def prepare_data(self) -> None:
         """Download (``download=True``) once per node before ``setup``; checks the files otherwise."""
         for train in (True, False):
@@ -565,13 +661,11 @@ class CIFAR10DataModule(_GenerationDataModule):
 
 
 def _load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_image(path, "RGB")  # a bad file raises CorruptFileError naming it
 
 
 def _load_grey(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("L")
+    return open_image(path, "L")
 
 
 _FOLDER_LAYOUT = """    root/<class_a>/<any name>.png   (or .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .ppm, .pgm)
@@ -584,7 +678,7 @@ _FOLDER_HOW_TO_GET = (
 )
 
 
-class ImageFolderDataModule(_GenerationDataModule):
+class ImageFolderDataModule(SkipsCorruptFiles, _GenerationDataModule):
     """ImageNet-style class folders (``root/<class>/<image>``) on torchvision's ``ImageFolder``.
 
     Labels are the indices of the sorted class folder names (``class_names``), which are listed in ``__init__`` (no
@@ -595,6 +689,11 @@ class ImageFolderDataModule(_GenerationDataModule):
     Validation is ``val_root`` (same class folders) when given, else a seeded random ``val_fraction`` of the images
     of ``root`` (at least one, and at least one left for training); ``test_dataset`` is the validation split.
     A missing or empty folder raises ``FileNotFoundError`` naming the path and the expected layout.
+
+    An image that cannot be decoded raises :class:`~segen.data._files.CorruptFileError` naming it when read.
+    ``skip_corrupt=True`` instead decodes every image of a split once in ``setup`` and drops the bad ones (after the
+    train/val split is drawn, so a good image stays in its split); their paths are in ``corrupt_files`` and each is
+    logged once as a warning.
     """
 
     def __init__(
@@ -610,8 +709,10 @@ class ImageFolderDataModule(_GenerationDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         conditional: bool = False,
+        skip_corrupt: bool = False,
     ) -> None:
         _check_fraction("val_fraction", val_fraction)
+        self._init_skip_corrupt(skip_corrupt)  # checked before the folder
         root_path = require_layout(root, [], "image folder", _FOLDER_LAYOUT, _FOLDER_HOW_TO_GET)
         class_names = self._class_folders(root_path)
         val_path = None
@@ -644,6 +745,19 @@ class ImageFolderDataModule(_GenerationDataModule):
         self._folders: dict[Path, datasets.ImageFolder] = {}
         self.train_indices: list[int] | None = None
         self.val_indices: list[int] | None = None
+
+    def _readable(
+        self, folder: datasets.ImageFolder, indices: Sequence[int] | None, split: str, root: Path
+    ) -> list[int] | None:
+        """``indices`` (``None``: all of ``folder``) without the images that cannot be decoded, when
+        ``skip_corrupt``; unchanged otherwise (no image is read)."""
+        if not self.skip_corrupt:
+            return None if indices is None else list(indices)
+        indices = list(range(len(folder))) if indices is None else list(indices)
+        kept = self._corrupt.keep(
+            [(folder.samples[i][0],) for i in indices], f"the {split} split ({str(root)!r})"
+        )
+        return [indices[k] for k in kept]
 
     @staticmethod
     def _class_folders(root: Path) -> tuple[str, ...]:
@@ -678,9 +792,9 @@ class ImageFolderDataModule(_GenerationDataModule):
     def _make_dataset(self, split: str) -> GenerationDataset:
         transform = self.train_transform if split == "train" else self.val_transform
         if self.val_root is not None:
-            return GenerationDataset(
-                self._folder(self.root if split == "train" else self.val_root), transform
-            )
+            root = self.root if split == "train" else self.val_root
+            folder = self._folder(root)
+            return GenerationDataset(folder, transform, self._readable(folder, None, split, root))
         folder = self._folder(self.root)
         if self.train_indices is None:
             n = len(folder)
@@ -693,4 +807,4 @@ class ImageFolderDataModule(_GenerationDataModule):
             num_val = min(max(1, round(self.val_fraction * n)), n - 1)
             self.train_indices, self.val_indices = sorted(order[num_val:]), sorted(order[:num_val])
         indices = self.train_indices if split == "train" else self.val_indices
-        return GenerationDataset(folder, transform, indices)
+        return GenerationDataset(folder, transform, self._readable(folder, indices, split, self.root))

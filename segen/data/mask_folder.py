@@ -19,6 +19,11 @@ How mask pixels become class ids (``mask_mapping``):
 Images are read as greyscale (``in_channels=1``) or RGB (``in_channels=3``); ``None`` infers it from the first
 image (modes ``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F`` → 1, others → 3). 16-bit greyscale images are converted to
 8 bits by PIL (values above 255 clip): rescale such data beforehand.
+
+An image or mask file that cannot be decoded (cut short, random bytes) raises
+:class:`~segen.data._files.CorruptFileError` naming it when it is read; ``skip_corrupt=True`` instead drops such
+pairs at ``setup`` (after the train/val split, so a good pair stays in the same split) and lists the files in
+``corrupt_files``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from segen.data._common import PairDataset, PairTransform, SemanticDataModule, check_mask_values
+from segen.data._files import CorruptFileError, image_mode, open_image
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "MaskFolderDataModule", "MaskMapping", "pair_files"]
 
@@ -92,7 +98,8 @@ def pair_files(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]
 
 
 class _PILPairs:
-    """``pairs[i]`` -> ``(PIL image, PIL mask)`` opened from disk."""
+    """``pairs[i]`` -> ``(PIL image, PIL mask)`` decoded from disk (a bad file raises ``CorruptFileError`` naming
+    it)."""
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]]) -> None:
         self.pairs = list(pairs)
@@ -102,10 +109,7 @@ class _PILPairs:
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Image.Image]:
         image_file, mask_file = self.pairs[index]
-        with Image.open(image_file) as image, Image.open(mask_file) as mask:
-            image.load()
-            mask.load()
-            return image, mask
+        return open_image(image_file), open_image(mask_file, what="mask")
 
 
 class _MaskMapper:
@@ -209,6 +213,9 @@ class MaskFolderDataModule(SemanticDataModule):
         mean, std: normalisation; default ImageNet's (its channel average for greyscale).
         train_transform, val_transform: optional joint transforms replacing the defaults.
         test_images, test_masks: optional test folders (default: the validation split).
+        skip_corrupt: decode every file once at ``setup`` and skip the pairs whose image or mask cannot be decoded,
+            listing them in ``corrupt_files`` (default: such a file raises ``CorruptFileError`` naming it). With
+            ``in_channels=None`` the channels are then inferred from the first image PIL can identify.
     """
 
     def __init__(
@@ -239,6 +246,7 @@ class MaskFolderDataModule(SemanticDataModule):
         test_masks: str | Path | None = None,
         pin_memory: bool = False,
         predict_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 255:
             raise ValueError(
@@ -285,8 +293,7 @@ class MaskFolderDataModule(SemanticDataModule):
         test_pairs = val_pairs if test_images is None else pair_files(test_images, test_masks)
 
         if in_channels is None:
-            with Image.open(train_pairs[0][0]) as first:
-                in_channels = 1 if first.mode in _GREY_MODES else 3
+            in_channels = 1 if _first_mode(train_pairs, images, skip_corrupt) in _GREY_MODES else 3
         if class_names is None:
             class_names = (
                 ["background", "foreground"]
@@ -310,6 +317,7 @@ class MaskFolderDataModule(SemanticDataModule):
             seed=seed,
             pin_memory=pin_memory,
             predict_dir=predict_dir,
+            skip_corrupt=skip_corrupt,
         )
         # in_channels may be inferred (None here, 1 or 3 in the model): the task records the resolved value, and
         # Lightning refuses a data module and a task that log the same key with different values
@@ -324,6 +332,20 @@ class MaskFolderDataModule(SemanticDataModule):
     def _make_dataset(self, split: str, transform: PairTransform) -> Dataset:
         pairs = {"train": self.train_pairs, "val": self.val_pairs, "test": self.test_pairs}[split]
         names = [(str(i), str(m)) for i, m in pairs]
-        return PairDataset(
-            _PILPairs(pairs), names, self._mapper, transform, "L" if self.in_channels == 1 else "RGB"
-        )
+        folder = str(Path(pairs[0][0]).parent)
+        source, names = self._drop_corrupt(_PILPairs(pairs), names, f"the {split} split ({folder!r})")
+        return PairDataset(source, names, self._mapper, transform, "L" if self.in_channels == 1 else "RGB")
+
+
+def _first_mode(pairs: Sequence[tuple[Path, Path]], folder: str | Path, skip_corrupt: bool) -> str:
+    """PIL mode of the first image (from its header); with ``skip_corrupt`` of the first one PIL can identify."""
+    for image_file, _ in pairs:
+        try:
+            return image_mode(image_file)
+        except CorruptFileError:
+            if not skip_corrupt:
+                raise
+    raise CorruptFileError(
+        f"none of the {len(pairs)} training images in {str(folder)!r} can be identified as an image, so in_channels "
+        "cannot be inferred; replace the files or pass in_channels=1 or 3"
+    )

@@ -14,6 +14,9 @@ Get it from the official Pascal VOC 2012 site (http://host.robots.ox.ac.uk/pasca
 Masks are read as palette indices (``np.array`` of the ``P`` image), never as colours: 0 is background, 1..20 the
 object classes in :data:`VOC_CLASSES` order, and the boundary value 255 stays the ignore value. VOC's test set has
 no public masks, so the ``test`` split (``test_dataset``) is ``val_split`` as well.
+
+Files are read by torchvision's ``VOCSegmentation``; a JPEG or PNG that cannot be decoded raises
+:class:`~segen.data._files.CorruptFileError` naming it, or is skipped with ``skip_corrupt=True``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class VOCDataModule(SemanticDataModule):
         train_split, val_split: image sets under ``ImageSets/Segmentation`` (e.g. ``"trainval"``).
         mean, std: normalisation (default ImageNet's).
         train_transform, val_transform: optional joint transforms replacing the defaults.
+        skip_corrupt: decode every file once at ``setup`` and skip the items whose image or mask cannot be decoded,
+            listing them in ``corrupt_files`` (default: such a file raises ``CorruptFileError`` naming it).
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class VOCDataModule(SemanticDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         predict_dir: str | Path | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         if year not in DATASET_YEAR_DICT or year == "2007-test":
             years = sorted(y for y in DATASET_YEAR_DICT if y != "2007-test")
@@ -154,6 +160,7 @@ class VOCDataModule(SemanticDataModule):
             seed=seed,
             pin_memory=pin_memory,
             predict_dir=predict_dir,
+            skip_corrupt=skip_corrupt,
         )
         self.save_hyperparameters(ignore=["train_transform", "val_transform"])
         self.year, self.train_split, self.val_split = year, train_split, val_split
@@ -172,15 +179,23 @@ class VOCDataModule(SemanticDataModule):
     def _make_dataset(self, split: str, transform: PairTransform) -> PairDataset:
         image_set = self.train_split if split == "train" else self.val_split
         voc = VOCSegmentation(str(self.root), year=self.year, image_set=image_set, download=False)
+        listed = self.root / self.base_dir / "ImageSets" / "Segmentation" / f"{image_set}.txt"
+        if not voc.images:
+            raise FileNotFoundError(
+                f"the {split} split's image set {str(listed)!r} lists no image id; expected one <id> per line, "
+                f"each with JPEGImages/<id>.jpg and SegmentationClass/<id>.png.\n{_HOW_TO_GET}"
+            )
         missing = [p for p in (*voc.images, *voc.masks) if not Path(p).is_file()]
         if missing:
-            listed = self.root / self.base_dir / "ImageSets" / "Segmentation" / f"{image_set}.txt"
             raise FileNotFoundError(
                 f"{len(missing)} files listed in {str(listed)!r} do not exist, e.g. "
                 f"{', '.join(repr(p) for p in missing[:3])}.\nExpected layout:\n{_layout(self.base_dir, [image_set])}\n"
                 f"{_HOW_TO_GET}"
             )
-        return PairDataset(voc, list(zip(voc.images, voc.masks)), self._mask, transform)
+        source, names = self._drop_corrupt(
+            voc, list(zip(voc.images, voc.masks)), f"the {split} split ({str(listed)!r})"
+        )
+        return PairDataset(source, names, self._mask, transform)
 
     def _mask(self, mask: Image.Image, mask_file: str) -> np.ndarray:
         if mask.mode not in ("P", "L"):
