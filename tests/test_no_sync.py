@@ -12,6 +12,9 @@ would synchronise on CUDA, made while ``training_step`` runs (Lightning's ``self
 
 A sync issued inside C++ without passing through these Python entry points is not seen here; on a GPU
 ``torch.cuda.set_sync_debug_mode("warn")`` sees those too. Each failure lists the calls by site.
+
+The non-finite-loss guard (``nan_policy``, :mod:`segen.tasks.base`) reads one boolean per optimizer step by design:
+with ``nan_policy="off"`` a step has no sync at all, and with the default it has exactly that one.
 """
 
 from __future__ import annotations
@@ -30,21 +33,7 @@ import torch
 import torchvision
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
-
-from segen import (
-    DCGANDiscriminator,
-    DCGANGenerator,
-    GANTask,
-    InstanceSegmentationTask,
-    MaskToImageTask,
-    SegmentationTask,
-    ShapesDataModule,
-    UNet,
-    VAETask,
-    VQVAETask,
-)
-from segen.nets import MultiscalePatchDiscriminator, SPADEGenerator
+from tiny_tasks import gan, gan_r1, instance, mask_to_image, segmentation, vae, vqvae
 
 READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 THIS_FILE = str(Path(__file__).resolve())
@@ -165,92 +154,15 @@ class SyncCounter:
         task.training_step = training_step
 
 
-# ---------------------------------------------------------------------------------------- tiny tasks
-def _images(n: int, channels: int, size: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.rand(n, channels, size, size, generator=g) * 2 - 1, torch.arange(n) % 3)
-
-
-def segmentation() -> tuple[LightningModule, Any]:
-    task = SegmentationTask(
-        num_classes=4, in_channels=3, net=functools.partial(UNet, base_channels=4, depth=2), warmup_steps=0
-    )
-    return task, ShapesDataModule(image_size=32, num_train=8, num_val=4, batch_size=4)
-
-
-def gan() -> tuple[LightningModule, Any]:
-    task = GANTask(
-        channels=1,
-        image_size=16,
-        latent_dim=8,
-        generator=functools.partial(DCGANGenerator, base_channels=8),
-        discriminator=functools.partial(DCGANDiscriminator, base_channels=8),
-        fid_feature=None,
-    )
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
-
-
-def gan_r1() -> tuple[LightningModule, Any]:
-    """R1 and DiffAugment: the regulariser's schedule is decided on the host (a step counter, no tensor)."""
-    task, data = gan()
-    task = GANTask(
-        **{**task.hparams, "r1_gamma": 1.0, "r1_interval": 1, "diffaugment": "color,translation,cutout"},
-        generator=functools.partial(DCGANGenerator, base_channels=8),
-        discriminator=functools.partial(DCGANDiscriminator, base_channels=8),
-    )
-    return task, data
-
-
-def vae() -> tuple[LightningModule, Any]:
-    task = VAETask(
-        channels=1, image_size=16, latent_dim=4, fid_feature=None, warmup_steps=0, kl_warmup_steps=10
-    )
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
-
-
-def vqvae() -> tuple[LightningModule, Any]:
-    task = VQVAETask(channels=1, image_size=16, num_embeddings=16, embedding_dim=4, hidden=8, warmup_steps=0)
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
-
-
-def mask_to_image() -> tuple[LightningModule, Any]:
-    task = MaskToImageTask(
-        num_classes=4,
-        channels=3,
-        image_size=16,
-        latent_dim=8,
-        generator=functools.partial(SPADEGenerator, base_channels=8, max_channels=8, hidden=8, num_blocks=2),
-        discriminator=lambda channels, image_size, num_classes: MultiscalePatchDiscriminator(
-            num_classes=num_classes, channels=channels, base_channels=8
-        ),
-    )
-    return task, ShapesDataModule(image_size=16, num_train=4, num_val=2, batch_size=2)
-
-
-def instance() -> tuple[LightningModule, Any]:
-    task = InstanceSegmentationTask(
-        num_classes=4,
-        backbone="resnet18",
-        input_min_size=48,
-        input_max_size=48,
-        anchor_sizes=(8, 16, 32, 64, 128),
-        rois_per_image=32,
-        warmup_steps=0,
-    )
-    # the syncs are in the forward (training_step); a frozen backbone and box head only make backward and Adam cheap
-    task.model.backbone.body.requires_grad_(False)
-    task.model.roi_heads.box_head.requires_grad_(False)
-    data = ShapesDataModule(
-        image_size=48, num_train=4, num_val=2, batch_size=2, mode="instance", max_shapes=3
-    )
-    return task, data
-
-
 def run_steps(
-    build: Callable[[], tuple[LightningModule, Any]], tmp_path: Path, max_steps: int = 2
+    build: Callable[[], tuple[LightningModule, Any]],
+    tmp_path: Path,
+    max_steps: int = 2,
+    nan_policy: str = "off",
 ) -> SyncCounter:
     torch.manual_seed(0)
     task, data = build()
+    task.hparams["nan_policy"] = nan_policy
     counter = SyncCounter()
     counter.watch(task)
     trainer = Trainer(
@@ -311,7 +223,7 @@ FAMILIES = {
     "vae": vae,
     "vqvae": vqvae,
     "mask_to_image": mask_to_image,
-}
+}  # Mask R-CNN has its own test below
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -319,6 +231,15 @@ def test_training_step_does_not_sync(family, tmp_path):
     # two optimizer steps: one step of each net for the GANs (one iteration), two iterations for the others
     counter = run_steps(FAMILIES[family], tmp_path, max_steps=2)
     assert not counter.calls, report(counter)
+
+
+@pytest.mark.parametrize("family", ["segmentation", "gan", "vqvae"])
+def test_the_default_nan_guard_reads_one_boolean_per_optimizer_step(family, tmp_path):
+    counter = run_steps(FAMILIES[family], tmp_path, max_steps=2, nan_policy="raise")
+    assert len(counter.calls) == 1, report(counter)
+    (what, site, _), count = next(iter(counter.calls.items()))
+    assert what == "Tensor.__bool__" and site.startswith("segen/tasks/base.py"), report(counter)
+    assert count == 2, report(counter)  # two optimizer steps (one D and one G step for the GAN)
 
 
 def test_mask_rcnn_syncs_only_inside_torchvision(tmp_path):

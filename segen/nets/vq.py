@@ -219,8 +219,14 @@ class VectorQuantizer(nn.Module):
             stats = torch.cat([counts[:, None], sums], dim=1)  # one all-reduce for both: (K, 1 + D)
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             counts, sums = stats[:, 0], stats[:, 1:]
+        # A batch with NaN/inf encodings (a diverging step that the task's nan_policy will stop or skip) must not
+        # poison the codebook, which no optimizer step can repair: keep the old statistics then. Decided on the
+        # device (no host read), identically on every rank (the statistics were all-reduced).
+        keep = ~torch.isfinite(sums).all()
         cluster_size = self.cluster_size.float() * self.decay + counts * (1.0 - self.decay)
         embed_sum = self.embed_sum.float() * self.decay + sums * (1.0 - self.decay)
+        cluster_size = torch.where(keep, self.cluster_size.float(), cluster_size)
+        embed_sum = torch.where(keep, self.embed_sum.float(), embed_sum)
         total = cluster_size.sum()
         smoothed = (cluster_size + self.eps) / (total + self.num_embeddings * self.eps) * total
         self.cluster_size.copy_(cluster_size)
@@ -242,6 +248,8 @@ class VectorQuantizer(nn.Module):
         else:  # fewer vectors than dead codes: sample with replacement
             pick = torch.randint(n, (num_dead,), generator=self.rng)
         new = flat[pick.to(flat.device)].float().contiguous()  # (num_dead, D)
+        # non-finite vectors (a diverging batch) leave those codes where they are
+        new = torch.where(torch.isfinite(new).all(1, keepdim=True), new, self.embedding[dead].float())
         if _distributed():
             dist.broadcast(new, src=0)
         self.embedding[dead] = new.to(self.embedding.dtype)

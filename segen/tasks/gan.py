@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
@@ -44,6 +43,7 @@ from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.diffaugment import diff_augment, parse_policy
 from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
+from segen.tasks.base import SegenTask, check_nan_policy
 
 __all__ = ["GANTask", "max_steps_for"]
 
@@ -63,7 +63,7 @@ def max_steps_for(generator_steps: int, n_critic: int = 1) -> int:
     return generator_steps * (n_critic + 1)
 
 
-class GANTask(SampleQualityHooks, LightningModule):
+class GANTask(SampleQualityHooks, SegenTask):
     """A GAN: generator and discriminator, adversarial loss, regularisers, EMA generator, FID/KID.
 
     Args:
@@ -89,6 +89,8 @@ class GANTask(SampleQualityHooks, LightningModule):
         fid_samples: generated images per FID/KID evaluation (fixed noise, so evaluations are comparable).
         num_fixed_samples: size of the fixed noise used by the sample callbacks (saved in the checkpoint).
         seed: seeds the training noise, the fixed noise and the evaluation noise.
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite D or G loss does
+            (:class:`~segen.tasks.base.SegenTask`); ``"skip"`` drops that network's update.
     """
 
     # the networks built when generator / discriminator is None (a subclass may change them)
@@ -129,9 +131,11 @@ class GANTask(SampleQualityHooks, LightningModule):
         fid_samples: int = 2048,
         num_fixed_samples: int = 64,
         seed: int = 0,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
+        check_nan_policy(nan_policy)
         lookup("adversarial loss", loss, ADVERSARIAL_LOSSES)
         for name, value, minimum in (("n_critic", n_critic, 1), ("r1_interval", r1_interval, 1)):
             if not isinstance(value, int) or value < minimum:
@@ -357,6 +361,8 @@ class GANTask(SampleQualityHooks, LightningModule):
         self.toggle_optimizer(opt_d)  # G's parameters stop requiring grad while D's loss is built
         d_parts = self.discriminator_loss(real, labels)
         self.untoggle_optimizer(opt_d)
+        if not self.loss_is_usable(d_parts, "discriminator loss"):
+            return  # nan_policy="skip": no D update and no G update in this iteration
         generator_step_follows = (self.discriminator_steps + 1) % self.hparams.n_critic == 0
         self._update(
             opt_d, self.discriminator, d_parts["loss"], sch_d, more_steps_follow=generator_step_follows
@@ -368,9 +374,10 @@ class GANTask(SampleQualityHooks, LightningModule):
             self.toggle_optimizer(opt_g)
             g_parts = self.generator_loss(batch_size, labels, real)
             self.untoggle_optimizer(opt_g)
-            self._update(opt_g, self.generator, g_parts["loss"], sch_g)
-            self.generator_steps += 1
-            self._update_ema()
+            if self.loss_is_usable(g_parts, "generator loss"):
+                self._update(opt_g, self.generator, g_parts["loss"], sch_g)
+                self.generator_steps += 1
+                self._update_ema()
             logs.update({f"train/{'loss_g' if k == 'loss' else k}": v.detach() for k, v in g_parts.items()})
         # The counters are host ints. self.log of a Python number would build torch.tensor(x, device=<the GPU>), a
         # blocking copy every step; a CPU tensor stays on the host all the way to the logger (Lightning keeps each
@@ -434,6 +441,7 @@ class GANTask(SampleQualityHooks, LightningModule):
         return (optimizers, schedulers) if schedulers else optimizers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["gan_state"] = {
             "generator_steps": self.generator_steps,
             "discriminator_steps": self.discriminator_steps,
@@ -441,6 +449,7 @@ class GANTask(SampleQualityHooks, LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("gan_state")
         if state is not None:
             self.generator_steps = int(state["generator_steps"])

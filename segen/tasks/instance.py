@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
 from segen.nets.maskrcnn import build_maskrcnn
 from segen.tasks._parts import drop_object_hparams
+from segen.tasks.base import SegenTask, check_nan_policy
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["InstanceSegmentationTask"]
@@ -25,7 +25,7 @@ __all__ = ["InstanceSegmentationTask"]
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
 
 
-class InstanceSegmentationTask(LightningModule):
+class InstanceSegmentationTask(SegenTask):
     """Mask R-CNN; ``num_classes`` counts the background, as torchvision does (shapes: 4 = background + 3).
 
     Args:
@@ -41,6 +41,8 @@ class InstanceSegmentationTask(LightningModule):
             plenty for images with a few objects and makes steps several times cheaper).
         lr, weight_decay, warmup_steps: the default AdamW with warm-up and cosine decay.
         optimizer, scheduler: replace the defaults (LightningCLI callables).
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite training loss does
+            (:class:`~segen.tasks.base.SegenTask`).
     """
 
     monitor: tuple[str, str] = ("val/mAP_mask", "max")
@@ -60,8 +62,10 @@ class InstanceSegmentationTask(LightningModule):
         warmup_steps: int = 100,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
+        check_nan_policy(nan_policy)
         self.save_hyperparameters()
         drop_object_hparams(self.hparams, ("optimizer", "scheduler"))
         self.num_classes = num_classes
@@ -88,12 +92,12 @@ class InstanceSegmentationTask(LightningModule):
         parts = self.model(images, targets)
         return {"loss": sum(parts.values()), **parts}
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         images, targets = batch
         parts = self.compute_loss(images, targets)
         for name, value in parts.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(images))
-        return parts["loss"]
+        return parts["loss"] if self.loss_is_usable(parts) else None
 
     def _update_map(self, metric: MeanAveragePrecision, batch: Batch) -> None:
         images, targets = batch

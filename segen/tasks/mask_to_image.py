@@ -88,6 +88,8 @@ class MaskToImageTask(GANTask):
         mean, std: the normalisation of the data's images (default: the data module's ``mean``/``std``).
         ignore_index: mask value of unlabelled pixels (an all-zero one-hot vector for the generator).
         num_fixed_samples, seed: fixed noise for image grids, and the seed of all noise.
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite training loss does
+            (:class:`~segen.tasks.base.SegenTask`).
     """
 
     default_generator = SPADEGenerator
@@ -116,6 +118,7 @@ class MaskToImageTask(GANTask):
         ignore_index: int = 255,
         num_fixed_samples: int = 16,
         seed: int = 0,
+        nan_policy: str = "raise",
     ) -> None:
         if feature_matching < 0:
             raise ValueError(f"MaskToImageTask: feature_matching must be >= 0, got {feature_matching!r}")
@@ -140,6 +143,7 @@ class MaskToImageTask(GANTask):
             fid_feature=None,
             num_fixed_samples=num_fixed_samples,
             seed=seed,
+            nan_policy=nan_policy,
         )
         # The GAN machinery reads its own settings from hparams; LightningCLI stores only this class's arguments,
         # so the fixed ones are filled in (load_from_checkpoint passes on only the arguments this class takes).

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -27,18 +26,32 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from segen.inference import sliding_window
 from segen.losses import build_loss
 from segen.losses.segmentation import check_target, check_target_values
+from segen.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segen.nets.unet import UNet
+from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
+from segen.tasks.base import SegenTask, check_nan_policy
 from segen.tasks.optim import configure_optimizers
 
-__all__ = ["NetFactory", "SegmentationTask", "build_net"]
+__all__ = ["NETS", "NetFactory", "SegmentationTask", "build_net"]
 
 # A network factory: called with the data's shape as keywords, e.g. UNet or functools.partial(UNet, depth=3).
 NetFactory = Callable[[int, int], nn.Module]
 
 
-def build_net(net: NetFactory | nn.Module | None, in_channels: int, num_classes: int) -> nn.Module:
-    """The task's network: ``net`` itself if it is a module, else ``net(in_channels=..., num_classes=...)``."""
+# the networks a config or a script can name (``net: deeplabv3plus``), each with its default settings
+NETS: dict[str, Callable[..., nn.Module]] = {
+    "unet": UNet,
+    "deeplabv3": DeepLabV3,
+    "deeplabv3plus": DeepLabV3Plus,
+}
+
+
+def build_net(net: str | NetFactory | nn.Module | None, in_channels: int, num_classes: int) -> nn.Module:
+    """The task's network: ``net`` itself if it is a module, a name of :data:`NETS`, else
+    ``net(in_channels=..., num_classes=...)``."""
+    if isinstance(net, str):
+        net = lookup("net", net, NETS)
     return build_module(net, UNet, "net", in_channels=in_channels, num_classes=num_classes)
 
 
@@ -46,13 +59,14 @@ def _is_float_or_bool(tensor: Tensor) -> bool:
     return tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool
 
 
-class SegmentationTask(LightningModule):
+class SegmentationTask(SegenTask):
     """Train a segmentation network with Dice + cross-entropy; ``task(images)`` returns logits.
 
     Args:
         num_classes: number of classes ``K`` (linked from the data module by the CLI).
         in_channels: image channels ``C`` (linked from the data module by the CLI).
-        net: the network, mapping ``(B, C, H, W)`` to ``(B, K, H, W)`` logits: a module, or a factory called as
+        net: the network, mapping ``(B, C, H, W)`` to ``(B, K, H, W)`` logits: a name (``"unet"``, ``"deeplabv3"``,
+            ``"deeplabv3plus"``: that net's defaults), a module, or a factory called as
             ``net(in_channels=C, num_classes=K)`` (a config ``class_path`` without those two arguments becomes such
             a factory, so shapes are typed once). Default ``UNet(C, K)``.
         loss: ``"dice_ce"`` (default), ``"dice"``, ``"ce"`` or ``"focal"``.
@@ -68,6 +82,9 @@ class SegmentationTask(LightningModule):
         val_window: when set, validation and test run sliding-window inference with this square window (for
             images larger than the training crop, e.g. Cityscapes' 1024x2048), Gaussian-blended with
             ``val_overlap``; training is unchanged.
+        nan_policy: what a NaN or infinite training loss does: ``"raise"`` (stop, naming the step and the loss part),
+            ``"skip"`` (skip that optimizer step, counted in ``train/skipped_steps``) or ``"off"`` (no check, no
+            host-device sync); see :class:`~segen.tasks.base.SegenTask`.
     """
 
     monitor: tuple[str, str] = ("val/mIoU", "max")  # what the CLI's checkpoint callback tracks
@@ -76,7 +93,7 @@ class SegmentationTask(LightningModule):
         self,
         num_classes: int,
         in_channels: int = 3,
-        net: NetFactory | nn.Module | None = None,
+        net: str | NetFactory | nn.Module | None = None,
         loss: str = "dice_ce",
         loss_kwargs: dict[str, Any] | None = None,
         lr: float = 3e-3,
@@ -88,15 +105,18 @@ class SegmentationTask(LightningModule):
         class_names: list[str] | None = None,
         val_window: int | None = None,
         val_overlap: float = 0.25,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
+        check_nan_policy(nan_policy)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"SegmentationTask: num_classes must be an integer >= 2, got {num_classes!r}")
         self.save_hyperparameters()
         # Objects that are not config (a module or callable built in Python) are not stored as hyper-parameters, so
         # checkpoints stay loadable with weights_only=True. From a config (the CLI) they are stored as class_path dicts
         # and load_from_checkpoint rebuilds them; from Python, pass net=... again to load_from_checkpoint.
-        drop_object_hparams(self.hparams, ("net", "optimizer", "scheduler"))
+        drop_object_hparams(self.hparams, ("optimizer", "scheduler"))
+        drop_object_hparams(self.hparams, ("net",), (dict, str, type(None)))  # a name is config
         self.num_classes, self.in_channels, self.ignore_index = num_classes, in_channels, ignore_index
         self.net = build_net(net, in_channels=in_channels, num_classes=num_classes)
         # the task checks the masks itself (see on_before_batch_transfer); the loss's own per-step check would read
@@ -152,7 +172,7 @@ class SegmentationTask(LightningModule):
             self._masks_checked_on_host = True
         return batch
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[dict[str, Tensor], Tensor]:
         checked = self._masks_checked_on_host  # this batch's masks were checked on the host
         self._masks_checked_on_host = False  # the mark is used up by this step
         images, masks = batch  # (B, C, H, W), (B, H, W)
@@ -177,11 +197,11 @@ class SegmentationTask(LightningModule):
                 batch_size=batch_size,
                 sync_dist=not on_step,
             )
-        return parts["loss"], logits
+        return parts, logits
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self._shared_step(batch, "train")
-        return loss
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        parts, _ = self._shared_step(batch, "train")
+        return parts["loss"] if self.loss_is_usable(parts) else None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         _, logits = self._shared_step(batch, "val")

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
@@ -26,6 +25,7 @@ from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
+from segen.tasks.base import SegenTask, check_nan_policy
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VAETask"]
@@ -39,7 +39,7 @@ DecoderFactory = Callable[[int, int, int, int | None], nn.Module]
 _OUT_PER_CHANNEL = {"bernoulli": 1, "gaussian": 1, "logistic": 2}
 
 
-class VAETask(SampleQualityHooks, LightningModule):
+class VAETask(SampleQualityHooks, SegenTask):
     """A (conditional, beta-) VAE with a Gaussian posterior and a standard normal prior.
 
     Args:
@@ -59,6 +59,8 @@ class VAETask(SampleQualityHooks, LightningModule):
             the validation images, as for :class:`~segen.tasks.gan.GANTask` (``"auto"``: the digits classifier for
             1-channel data, Inception with a local weights file, else none; ``None`` turns them off).
         num_fixed_samples, seed: fixed latents for sample grids (in the checkpoint) and the noise generator's seed.
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite training loss does
+            (:class:`~segen.tasks.base.SegenTask`).
     """
 
     monitor: tuple[str, str] = ("val/elbo", "max")
@@ -85,8 +87,10 @@ class VAETask(SampleQualityHooks, LightningModule):
         fid_samples: int = 2048,
         num_fixed_samples: int = 64,
         seed: int = 0,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
+        check_nan_policy(nan_policy)
         kind = lookup("likelihood", likelihood, LIKELIHOODS)
         if beta < 0 or kl_warmup_steps < 0 or iwae_samples < 0:
             raise ValueError(
@@ -180,7 +184,7 @@ class VAETask(SampleQualityHooks, LightningModule):
         ramp = min(1.0, (self.global_step + 1) / warmup) if warmup else 1.0
         return self.hparams.beta * ramp
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         images, labels = self._unpack(batch)
         beta = self.kl_weight()
         parts = self.compute_elbo(images, labels, beta)
@@ -197,7 +201,8 @@ class VAETask(SampleQualityHooks, LightningModule):
             prog_bar=False,
             batch_size=images.shape[0],
         )
-        return parts.loss
+        usable = self.loss_is_usable({"loss": parts.loss, "recon": parts.recon, "kl": parts.kl})
+        return parts.loss if usable else None
 
     def _iwae(self, images: Tensor, labels: Tensor | None, k: int) -> Tensor:
         """``-log p(x)`` bounds per image ``(B,)`` from ``k`` importance samples of ``q(z|x)``."""
@@ -250,8 +255,10 @@ class VAETask(SampleQualityHooks, LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["vae_noise_rng"] = self.noise_rng.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "vae_noise_rng" in checkpoint:
             self.noise_rng.set_state(checkpoint["vae_noise_rng"])

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.pixelcnn import GatedPixelCNN
 from segen.tasks._parts import build_module, drop_object_hparams, own_hyperparameters, resolve_checkpoint
+from segen.tasks.base import CheckpointMismatchError, SegenTask, check_nan_policy
 from segen.tasks.optim import configure_optimizers
 from segen.tasks.vqvae import VQVAETask
 
@@ -58,8 +58,8 @@ def _build_vqvae(vqvae: str | dict[str, Any] | VQVAETask) -> VQVAETask:
             )
         try:
             return VQVAETask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-        except (KeyError, TypeError, RuntimeError) as error:
-            raise ValueError(
+        except (KeyError, TypeError, RuntimeError, CheckpointMismatchError) as error:
+            raise CheckpointMismatchError(
                 f"VQPriorTask: {str(path)!r} is not a VQVAETask checkpoint ({type(error).__name__}: {error})"
             ) from error
     raise TypeError(
@@ -68,7 +68,7 @@ def _build_vqvae(vqvae: str | dict[str, Any] | VQVAETask) -> VQVAETask:
     )
 
 
-class VQPriorTask(SampleQualityHooks, LightningModule):
+class VQPriorTask(SampleQualityHooks, SegenTask):
     """A gated PixelCNN prior over a frozen VQ-VAE's code maps; ``sample(n)`` generates images.
 
     Args:
@@ -84,6 +84,8 @@ class VQPriorTask(SampleQualityHooks, LightningModule):
             LightningCLI callables replacing it (only the prior is optimised).
         fid_feature, inception_weights, fid_samples, seed: ``val/fid``/``val/kid`` of sampled images, as for
             :class:`~segen.tasks.gan.GANTask`; ``seed`` also seeds ``sample`` when no generator is given.
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite training loss does
+            (:class:`~segen.tasks.base.SegenTask`).
     """
 
     monitor: tuple[str, str] = ("val/nll", "min")
@@ -107,8 +109,10 @@ class VQPriorTask(SampleQualityHooks, LightningModule):
         inception_weights: str | None = None,
         fid_samples: int = 1024,
         seed: int = 0,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
+        check_nan_policy(nan_policy)
         if not temperature > 0:
             raise ValueError(f"VQPriorTask: temperature must be > 0, got {temperature!r}")
         self.save_hyperparameters()
@@ -193,10 +197,10 @@ class VQPriorTask(SampleQualityHooks, LightningModule):
         logits = self(indices, labels)  # (B, K, h, w)
         return F.cross_entropy(logits.float(), indices), images.shape[0]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         nll, batch_size = self._nll(batch)
         self.log("train/nll", nll, prog_bar=True, batch_size=batch_size)
-        return nll
+        return nll if self.loss_is_usable({"nll": nll}) else None
 
     def _evaluate(self, batch: Any, stage: str) -> None:
         nll, batch_size = self._nll(batch)
@@ -223,6 +227,7 @@ class VQPriorTask(SampleQualityHooks, LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # the VQ-VAE's hyper-parameters replace its path: its weights are in this checkpoint already
         hparams = checkpoint.get("hyper_parameters")
         if hparams is not None:

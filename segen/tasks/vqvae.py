@@ -13,18 +13,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from segen.nets.vq import VectorQuantizer, VQDecoder, VQEncoder, VQOutput
 from segen.tasks._parts import drop_object_hparams
+from segen.tasks.base import SegenTask, check_nan_policy
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VQVAETask"]
 
 
-class VQVAETask(LightningModule):
+class VQVAETask(SegenTask):
     """A VQ-VAE with an EMA codebook.
 
     Args:
@@ -36,6 +36,8 @@ class VQVAETask(LightningModule):
         lr, weight_decay, warmup_steps, optimizer, scheduler: segen's default AdamW with warm-up and cosine decay, or
             LightningCLI callables replacing it.
         seed: seed of the quantiser's dead-code restarts (their generator is checkpointed: exact resume).
+        nan_policy: ``"raise"`` | ``"skip"`` | ``"off"``: what a non-finite training loss does
+            (:class:`~segen.tasks.base.SegenTask`); the codebook's EMA update also ignores a non-finite batch.
     """
 
     monitor: tuple[str, str] = ("val/recon", "min")
@@ -57,8 +59,10 @@ class VQVAETask(LightningModule):
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         seed: int = 0,
+        nan_policy: str = "raise",
     ) -> None:
         super().__init__()
+        check_nan_policy(nan_policy)
         if image_size % 2**num_downsamples:
             raise ValueError(
                 f"VQVAETask: image_size {image_size} is not divisible by 2**num_downsamples = {2**num_downsamples}"
@@ -112,7 +116,7 @@ class VQVAETask(LightningModule):
             )
         return images
 
-    def _step(self, batch: Any, stage: str) -> Tensor:
+    def _step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         images = self._images(batch)
         recon, vq = self(images)
         mse = F.mse_loss(recon.float(), images.float())
@@ -126,10 +130,11 @@ class VQVAETask(LightningModule):
         if train:
             logs.update({"train/loss": loss.detach(), "train/commitment": vq.commitment_loss.detach()})
         self.log_dict(logs, batch_size=images.shape[0], sync_dist=not train)
-        return loss
+        return {"loss": loss, "recon": mse, "commitment": vq.commitment_loss}
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        parts = self._step(batch, "train")
+        return parts["loss"] if self.loss_is_usable(parts) else None
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")

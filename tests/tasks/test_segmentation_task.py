@@ -238,7 +238,7 @@ def test_loss_kwargs_reach_the_loss():
 def test_sliding_window_validation_covers_large_images():
     task = tiny_task(val_window=16, val_overlap=0.5).eval()
     images, masks = torch.randn(1, 3, 40, 56), torch.randint(0, 4, (1, 40, 56))
-    loss, logits = task._shared_step((images, masks), "val")
-    assert logits.shape == (1, 4, 40, 56) and torch.isfinite(loss)
+    parts, logits = task._shared_step((images, masks), "val")
+    assert logits.shape == (1, 4, 40, 56) and torch.isfinite(parts["loss"])
     _, train_logits = task._shared_step((images, masks), "train")  # training is a plain forward
     assert torch.allclose(train_logits, task(images))

@@ -1,0 +1,264 @@
+"""What every segen task shares for reliability: a guard against non-finite losses and checks that a checkpoint fits.
+
+Lightning has neither. Its ``terminate_on_nan`` is gone, so a run whose loss turns NaN keeps stepping and writes NaN
+weights into every later checkpoint; and a checkpoint of another task or configuration fails inside
+``__init__`` (``unexpected keyword argument``) or inside ``load_state_dict`` (a list of size mismatches) without
+saying which file or which setting is the cause. :class:`SegenTask` closes both gaps for every task family:
+
+- **Non-finite loss** (``nan_policy``): ``"raise"`` (default) stops with :class:`NonFiniteLossError` naming the
+  step, the epoch and batch, and the loss parts that are not finite, before the optimizer steps, so the weights and
+  every checkpoint stay finite; ``"skip"`` drops that optimizer step instead (no backward, no update) and counts it in
+  ``train/skipped_steps``, and still raises after :attr:`SegenTask.max_consecutive_skips` skips in a row (a diverged
+  run, not a bad batch); ``"off"`` checks nothing. The check reads one boolean from the device per optimizer step
+  (one host-device sync); ``"off"`` is the way to a training step without any.
+- **Checkpoint fit**: a checkpoint records the class that wrote it. Loading it into another task class, through
+  ``load_from_checkpoint`` or the Trainer's ``ckpt_path``, raises :class:`CheckpointMismatchError` naming both
+  classes; a checkpoint of the same class with other shapes (another ``num_classes``, another net) raises the same
+  error listing the tensors that differ and the hyper-parameters that explain it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from segen.registry import lookup
+
+__all__ = [
+    "NAN_POLICIES",
+    "CheckpointMismatchError",
+    "NonFiniteLossError",
+    "SegenTask",
+    "check_checkpoint_class",
+    "check_nan_policy",
+    "read_checkpoint_record",
+]
+
+NAN_POLICIES: dict[str, str] = {
+    "raise": "stop with an error naming the step and the loss part",
+    "skip": "skip the optimizer step and count it in train/skipped_steps",
+    "off": "no check (no host-device sync per step)",
+}
+_CHECKPOINT_KEY = "segen"  # the checkpoint entry written by SegenTask.on_save_checkpoint
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss was NaN or infinite (``nan_policy="raise"``, or too many skips in a row)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another task class, or by a configuration with other tensor shapes."""
+
+
+def check_nan_policy(value: str) -> str:
+    """``value`` if it is one of :data:`NAN_POLICIES`, else ``ValueError`` listing them (with the closest name)."""
+    lookup("nan_policy", value, NAN_POLICIES)
+    return value
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(value: Tensor) -> str:
+    value = value.detach().float()
+    return f"{value.item():.4g}" if value.numel() == 1 else f"{tuple(value.shape)} tensor"
+
+
+class SegenTask(LightningModule):
+    """Base of every segen task: the non-finite-loss guard (``nan_policy``) and the checkpoint checks.
+
+    A subclass stores ``nan_policy`` among its hyper-parameters and calls :meth:`loss_is_usable` with a step's loss
+    parts before that step updates weights (automatic optimization: return ``None`` from ``training_step`` when it
+    says ``False``; manual optimization: do not step).
+    """
+
+    max_consecutive_skips: int = 25  # "skip" still raises after this many non-finite steps in a row
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped_steps = 0  # non-finite steps dropped under nan_policy="skip" (saved in checkpoints)
+        self._consecutive_skips = 0
+        self._buffers_before: list[tuple[Tensor, Tensor]] = []  # (buffer, copy) at the start of the step
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Under ``nan_policy="skip"``, copy the floating-point buffers (BatchNorm statistics, EMA codebooks): the
+        forward pass of a NaN batch has already written NaN into them when the loss shows it, and a skipped step
+        must leave the model as it was. A device-side copy of the buffers only (no parameters, no host sync)."""
+        if self.nan_policy == "skip":
+            self._buffers_before = [(b, b.detach().clone()) for b in self.buffers() if b.is_floating_point()]
+
+    # ------------------------------------------------------------------ non-finite losses
+    @property
+    def nan_policy(self) -> str:
+        return self.hparams.get("nan_policy", "raise")
+
+    def loss_is_usable(self, parts: Mapping[str, Tensor], name: str = "loss") -> bool:
+        """``True`` when every tensor in ``parts`` is finite on every rank, so the step may update weights.
+
+        Otherwise, by ``nan_policy``: raise :class:`NonFiniteLossError`, or count a skip (logged as
+        ``train/skipped_steps``) and return ``False``. ``name`` says which loss this is in the message (``loss_d``
+        for a GAN's discriminator). Under DDP the ranks agree (one boolean all-reduce), so all of them skip or raise
+        together and no rank waits in a gradient all-reduce that the others never join.
+        """
+        policy = self.nan_policy
+        if policy == "off":
+            return True
+        values = [value.detach() for value in parts.values()]
+        finite = bool(
+            torch.stack([torch.isfinite(v).all() for v in values]).all()
+        )  # the one host-device sync
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self._consecutive_skips = 0
+            return True
+        bad = [
+            f"{key}={_describe(v)}"
+            for key, v in zip(parts, values, strict=True)
+            if not torch.isfinite(v).all()
+        ]
+        where = self._where()
+        if policy == "skip":  # the model as it was before this step, whether it is skipped or the run stops
+            with torch.no_grad():
+                for buffer, before in self._buffers_before:
+                    buffer.copy_(before)
+        if policy == "skip" and self._consecutive_skips < self.max_consecutive_skips:
+            self._consecutive_skips += 1
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", torch.tensor(float(self.skipped_steps)), reduce_fx="max")
+            return False
+        parts_text = ", ".join(bad) if bad else "finite on this rank; not finite on another rank"
+        if policy == "skip":
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: the {name} was not finite for {self._consecutive_skips + 1} steps in a row "
+                f"(nan_policy='skip' allows {self.max_consecutive_skips}); last at {where}: {parts_text}. The run "
+                "has diverged: lower the learning rate, clip gradients (--trainer.gradient_clip_val) or check the data."
+            )
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: non-finite {name} at {where}: {parts_text}. The weights were not updated with "
+            "it. Lower the learning rate, clip gradients (--trainer.gradient_clip_val), check this batch's data, or "
+            "pass nan_policy='skip' to skip such steps (counted in train/skipped_steps)."
+        )
+
+    def _where(self) -> str:
+        if self._trainer is None:
+            return "a step outside a Trainer"
+        trainer = self.trainer
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        return f"training step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch})"
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the writing class (and its bases) and the skip count; plain strings and ints, so the checkpoint
+        stays loadable with ``torch.load(weights_only=True)``."""
+        checkpoint[_CHECKPOINT_KEY] = {
+            "task": _qualname(type(self)),
+            "task_bases": [_qualname(c) for c in type(self).__mro__ if issubclass(c, SegenTask)],
+            # as saved: load_from_checkpoint overwrites the checkpoint's own hyper_parameters with its arguments, and
+            # a mismatch message must name the settings that differ from the writer's
+            "hyper_parameters": dict(self.hparams),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another task class or of other tensor shapes, with a message that says which."""
+        record = checkpoint.get(_CHECKPOINT_KEY) or {}
+        check_checkpoint_class(record, type(self))
+        self._check_checkpoint_shapes(checkpoint)
+        self.skipped_steps = int(record.get("skipped_steps", 0))
+
+    def _check_checkpoint_shapes(self, checkpoint: Mapping[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, Mapping):
+            return
+        own = self.state_dict()
+        problems = [
+            f"{key}: {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} here"
+            for key, value in state.items()
+            if key in own
+            and isinstance(value, Tensor)
+            and isinstance(own[key], Tensor)
+            and value.shape != own[key].shape
+        ]
+        if self.strict_loading:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            if missing:
+                problems.append(f"missing from the checkpoint: {_some(missing)}")
+            if unexpected:
+                problems.append(f"not in this model: {_some(unexpected)}")
+        if not problems:
+            return
+        record = checkpoint.get(_CHECKPOINT_KEY) or {}
+        saved = record.get("hyper_parameters") or checkpoint.get("hyper_parameters") or {}
+        differing = _differing_hparams(saved, dict(self.hparams))
+        hint = (
+            f"hyper-parameters that differ (checkpoint -> this model): {differing}"
+            if differing
+            else "the hyper-parameters agree, so the network itself differs (another net or a changed class)"
+        )
+        raise CheckpointMismatchError(
+            f"this checkpoint does not fit this {type(self).__name__}: {'; '.join(problems[:5])}"
+            f"{f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''}. {hint}"
+        )
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, with an error naming the file and the class that wrote it when the
+        checkpoint belongs to another task (whose hyper-parameters this class's ``__init__`` refuses). The file is
+        read a second time only on that failure path."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except CheckpointMismatchError as err:
+            raise CheckpointMismatchError(f"{checkpoint_path!s}: {err}") from err
+        except (TypeError, ValueError) as err:  # __init__ refused the other task's hyper-parameters
+            saved = (read_checkpoint_record(checkpoint_path) or {}).get("task")
+            if saved is None or saved == _qualname(cls):
+                raise
+            raise CheckpointMismatchError(
+                f"{checkpoint_path!s} was written by {saved}, not by {_qualname(cls)}: load it with "
+                f"{saved.rsplit('.', 1)[-1]}.load_from_checkpoint ({cls.__name__}.__init__ said: {err})"
+            ) from err
+
+
+def _some(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _differing_hparams(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    keys = [k for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
+    return ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in keys[:6])
+
+
+def check_checkpoint_class(record: Mapping[str, Any], cls: type, source: str = "this checkpoint") -> None:
+    """Raise :class:`CheckpointMismatchError` when ``record`` (a checkpoint's ``segen`` entry) was written by a task
+    class unrelated to ``cls``; the same class, a subclass or a base of it pass (user subclasses load segen
+    checkpoints). A checkpoint without the record passes: the shape check then decides."""
+    saved = record.get("task")
+    if saved is None:
+        return
+    if saved in [_qualname(c) for c in cls.__mro__] or _qualname(cls) in record.get("task_bases", []):
+        return
+    raise CheckpointMismatchError(
+        f"{source} was written by {saved}, not by {_qualname(cls)} (or a class related to it); load it with "
+        f"{saved.rsplit('.', 1)[-1]}.load_from_checkpoint, or give the matching model config"
+    )
+
+
+def read_checkpoint_record(path: Any) -> dict[str, Any] | None:
+    """The ``segen`` entry of a checkpoint file (the class that wrote it, its hyper-parameters), or ``None`` when the
+    file cannot be read with ``weights_only=True`` or has no entry."""
+    if not isinstance(path, (str, Path)):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable file: the caller's own error says more
+        return None
+    record = checkpoint.get(_CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    return record if isinstance(record, dict) else None
