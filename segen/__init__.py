@@ -1,10 +1,12 @@
 """segen: image segmentation and image generation as PyTorch Lightning tasks and data modules."""
 
 from segen.callbacks import (
+    AtomicCheckpointIO,
     LatentTraversalLogger,
     MaskWriter,
     ReconstructionLogger,
     SampleImageLogger,
+    SegenCheckpoint,
     SegmentationImageLogger,
     SpeedOptions,
     SynthesisImageLogger,
@@ -47,6 +49,7 @@ from segen.tasks import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CIFAR10DataModule",
     "CityscapesDataModule",
     "CocoInstanceDataModule",
@@ -71,6 +74,7 @@ __all__ = [
     "ReconstructionLogger",
     "SPADEGenerator",
     "SampleImageLogger",
+    "SegenCheckpoint",
     "SegmentationImageLogger",
     "SegmentationTask",
     "ShapesDataModule",

@@ -6,16 +6,26 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from segen import SegmentationTask
-from segen.cli import SegenCLI, format_metrics_table, has_wandb_credentials, main, wandb_mode
+from segen.callbacks.checkpoint import AtomicCheckpointIO, SegenCheckpoint
+from segen.cli import (
+    SegenCLI,
+    find_last_checkpoint,
+    format_metrics_table,
+    has_wandb_credentials,
+    main,
+    wandb_mode,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "configs" / "unet_shapes.yaml"
@@ -259,3 +269,103 @@ def test_metrics_table_format():
     table = format_metrics_table({"val/mIoU": torch.tensor(0.91234), "train/loss": 1.0, "val/dice": 0.5})
     assert table.splitlines()[2:] == ["val/dice  0.5000", "val/mIoU  0.9123"]
     assert format_metrics_table({}) == "(no val/* metrics were logged)"
+
+
+# ---------------------------------------------------------------------------------------------------- reliability
+TINY = [
+    *SHORT,
+    "--model.net.init_args.base_channels=4",
+    "--model.net.init_args.depth=2",
+    "--data.image_size=16",
+]
+
+
+def test_default_trainer_writes_checkpoints_atomically_and_keeps_last_on_a_schedule(tmp_path):
+    base = ["-c", str(CONFIG), "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    cli = SegenCLI(args=[*base, "--checkpoint.last_every_n_steps=7"], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    checkpoint = cli.trainer.checkpoint_callback
+    assert isinstance(checkpoint, SegenCheckpoint)
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.last_every_n_steps) == ("val/mIoU", "max", 7)
+    assert SegenCLI(args=base, run=False).trainer.checkpoint_callback.last_every_n_steps == 500
+
+    # a CheckpointIO of the user's is kept; so is a checkpoint callback of the user's, configured in the callbacks
+    cli = SegenCLI(
+        args=[
+            *base,
+            "--trainer.plugins=lightning.pytorch.plugins.io.TorchCheckpointIO",
+            "--trainer.callbacks+=segen.SegenCheckpoint",
+            "--trainer.callbacks.last_every_n_steps=3",
+        ],
+        run=False,
+    )
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
+    (checkpoint,) = cli.trainer.checkpoint_callbacks
+    assert isinstance(checkpoint, SegenCheckpoint) and checkpoint.last_every_n_steps == 3
+
+
+def test_find_last_checkpoint_takes_the_newest_and_skips_wandb_hidden_and_temporary_files(tmp_path):
+    assert find_last_checkpoint(tmp_path) is None
+    old = tmp_path / "segen" / "a1" / "checkpoints" / "last.ckpt"
+    new = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last-v1.ckpt"
+    for path, mtime in ((old, 1_000), (new, 2_000)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+    for path in (
+        tmp_path / "wandb" / "last.ckpt",  # W&B's run files, never checkpoints
+        tmp_path / ".cache" / "last.ckpt",
+        old.parent / ".last.ckpt.123.abcd.tmp",  # an atomic write in progress
+        old.parent / "best-epoch000.ckpt",
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (3_000, 3_000))
+    assert find_last_checkpoint(tmp_path) == new
+    os.utime(old, (4_000, 4_000))
+    assert find_last_checkpoint(tmp_path) == old
+
+
+def test_ckpt_path_last_without_an_earlier_run_starts_from_scratch_in_one_line(
+    tmp_path, capsys, recwarn, one_thread
+):
+    args = ["-c", str(CONFIG), *TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=CSVLogger"]
+    main(["fit", *args, f"--trainer.logger.save_dir={tmp_path}", "--ckpt_path=last"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "--ckpt_path last" in line]
+    assert lines == [f"--ckpt_path last: no last*.ckpt under {tmp_path}, starting from scratch"]
+    assert not [
+        w for w in recwarn if "no last checkpoint available" in str(w.message)
+    ]  # Lightning's is not shown
+    assert torch.load(find_last_checkpoint(tmp_path), weights_only=True)["global_step"] == 3
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last\*\.ckpt under .*empty"):
+        SegenCLI(
+            args=[
+                "validate",
+                *args[:-1],
+                f"--trainer.default_root_dir={tmp_path / 'empty'}",
+                "--ckpt_path=last",
+            ]
+        )
+
+
+def test_ckpt_path_last_resumes_the_newest_of_two_earlier_runs(tmp_path, capsys, one_thread):
+    args = ["-c", str(CONFIG), *TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=CSVLogger"]
+    args += [f"--trainer.logger.save_dir={tmp_path}"]
+    main(["fit", *args, "--trainer.max_steps=2", "--trainer.val_check_interval=2"])  # version_0: step 2
+    main(["fit", *args])  # version_1: step 3
+    first, second = (
+        tmp_path / "lightning_logs" / f"version_{v}" / "checkpoints" / "last.ckpt" for v in (0, 1)
+    )
+    os.utime(first, (time.time() + 60,) * 2)  # the older run's last.ckpt was written last: it is the newest
+    capsys.readouterr()
+    cli = SegenCLI(args=["fit", *args, "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert (
+        f"--ckpt_path last: resuming from {first} (the newest last*.ckpt under {tmp_path})"
+        in capsys.readouterr().out
+    )
+    assert cli.trainer.ckpt_path == str(first)
+    assert (
+        torch.load(first, weights_only=True)["global_step"] == 4
+    )  # continued from 2, in the folder it came from
+    assert torch.load(second, weights_only=True)["global_step"] == 3

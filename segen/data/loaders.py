@@ -1,8 +1,14 @@
-"""The one DataLoader recipe every segen data module uses for its splits, and the mixin that applies it."""
+"""The one DataLoader recipe every segen data module uses for its splits, and the mixin that applies it.
+
+Training order is a pure function of ``(seed, pass index)`` (:class:`EpochShuffleSampler`), and the data module
+checkpoints which pass the trainer is in and how many of its batches it has processed (:class:`SplitLoaders`), so a
+run resumed from any checkpoint, also one written in the middle of an epoch, sees exactly the batches that the
+unbroken run would have seen next.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 import torch
@@ -10,14 +16,30 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segen.data.predict import ImageFolderDataset, collate_predict
 
-__all__ = ["EpochShuffleSampler", "PassCounter", "SplitLoaders", "make_loader"]
+__all__ = ["EpochShuffleSampler", "PassCounter", "ResumableDataLoader", "SplitLoaders", "make_loader"]
 
 
 class PassCounter:
-    """How many passes over the training data have started; part of the data module's checkpoint state."""
+    """Where the training data stream stands; the data module saves it in checkpoints (:class:`SplitLoaders`).
+
+    - ``value``: how many passes over the training data have started (drawn their order);
+    - ``skip``: batches to leave out at the start of the next pass, set when a checkpoint written in the middle of
+      a pass is loaded (those batches were trained on before the checkpoint);
+    - ``open``: whether the current pass has started drawing batches. A loader's iterator is created before its
+      first batch is drawn (and, with workers, draws ahead of the trainer), so the count alone cannot say whether a
+      checkpoint written before the trainer's first batch of a pass belongs to that pass or to the one before;
+    - ``delivered`` and ``skipped``: batches of the open pass handed to the consumer, and the skip it started
+      with. A pass that was drawn (by workers fetching ahead) but of which no batch was handed out before its
+      iterator was dropped is drawn again by the next iterator (:class:`ResumableDataLoader`), so an abandoned
+      iterator (Lightning makes one when it resumes at an epoch's end) does not use up a pass.
+    """
 
     def __init__(self) -> None:
         self.value = 0
+        self.skip = 0
+        self.open = False
+        self.delivered = 0
+        self.skipped = 0
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -47,6 +69,103 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+class _SkipFirstBatches:
+    """The index batches of ``batches`` (a batch sampler) without the first ``counter.skip`` of the next pass.
+
+    Only lists of indices are skipped: no item of a skipped batch is loaded. ``len`` stays the full pass, as
+    Lightning expects: it counts the skipped batches among those its restored progress says were processed.
+    """
+
+    def __init__(self, batches: Iterable[list[int]], counter: PassCounter) -> None:
+        self.batches, self.counter = batches, counter
+
+    def __len__(self) -> int:
+        assert isinstance(self.batches, Sized)
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # called when a DataLoader iterator is made; the pass begins when its first batch is asked for
+        self.counter.open = False
+        return self._pass()
+
+    def _pass(self) -> Iterator[list[int]]:
+        counter = self.counter
+        skip, counter.skip = counter.skip, 0
+        batches = iter(self.batches)
+        first = next(batches, None)  # draws this pass's order (EpochShuffleSampler counts the pass)
+        counter.open, counter.delivered, counter.skipped = True, 0, skip
+        if first is None:
+            return
+        if skip == 0:
+            yield first
+        for _ in range(skip - 1):
+            if next(batches, None) is None:
+                return
+        yield from batches
+
+
+class _CountDelivered(Iterator[Any]):
+    """A DataLoader iterator that counts the batches it hands out (``passes.delivered``)."""
+
+    def __init__(self, iterator: Iterator[Any], passes: PassCounter) -> None:
+        self.iterator, self.passes = iterator, passes
+
+    def __next__(self) -> Any:
+        batch = next(self.iterator)
+        self.passes.delivered += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.iterator)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # anything else a caller asks of torch's iterator
+        return getattr(self.iterator, name)
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: a ``DataLoader`` whose next pass leaves out the batches that a checkpoint says were
+    already trained on (``passes.skip``, see :class:`PassCounter`), without loading them.
+
+    The skip wraps the loader's index batch sampler (torch's ``DataLoader._index_sampler``), not its ``sampler``,
+    so the loader keeps a plain ``sampler`` + ``batch_size``: under DDP Lightning re-creates it with its
+    ``DistributedSamplerWrapper`` around the :class:`EpochShuffleSampler` (``passes`` is passed again from the
+    saved arguments), every rank draws the same order, takes its shard and skips the same number of its own
+    batches. (A custom ``batch_sampler`` would not do: the loader's ``sampler`` would then be a
+    ``SequentialSampler``, which Lightning replaces by an unshuffled ``DistributedSampler``.)
+
+    ``state_dict``/``load_state_dict`` make it stateful for Lightning, which otherwise warns that a mid-epoch
+    resume restarts the epoch. Its own state is empty on purpose: the position lives in the shared
+    :class:`PassCounter`, which the data module saves (one place, also for checkpoints written before this class).
+    """
+
+    def __init__(self, *args: Any, passes: PassCounter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.passes = passes
+
+    def __iter__(self) -> Iterator[Any]:
+        passes = self.passes
+        if passes is None:
+            return super().__iter__()
+        if passes.open and passes.delivered == 0:
+            # the last iterator drew a pass but handed none of it out: draw that pass again (see PassCounter)
+            passes.value, passes.skip, passes.open = passes.value - 1, passes.skipped, False
+        return _CountDelivered(super().__iter__(), passes)
+
+    @property
+    def _index_sampler(self) -> Any:
+        batches = super()._index_sampler
+        if self.passes is None or self.batch_sampler is None:
+            return batches
+        return _SkipFirstBatches(batches, self.passes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Empty: the data module checkpoints the position (see the class docstring)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: the data module restores the position (see the class docstring)."""
+
+
 def make_loader(
     dataset: Dataset | None,
     name: str,
@@ -61,20 +180,31 @@ def make_loader(
     passes: PassCounter | None = None,
 ) -> DataLoader:
     """Loader for one split: training shuffles in an order fixed by ``seed`` and the pass count ``passes``
-    (:class:`EpochShuffleSampler`)
-    and drops a last partial batch (when there is a full one); evaluation keeps order. ``dataset`` is ``None`` until
+    (:class:`EpochShuffleSampler`), resumes in the middle of a pass (:class:`ResumableDataLoader`) and drops a last
+    partial batch (when there is a full one); evaluation keeps order. ``dataset`` is ``None`` until
     ``setup(stage)`` made it: say so."""
     if dataset is None:
         raise RuntimeError(f"{name} does not exist yet: call setup({stage!r}) before asking for its loader")
-    return DataLoader(
-        dataset,
+    kwargs: dict[str, Any] = dict(
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(dataset), seed, passes) if train else None,
-        drop_last=train and len(dataset) >= batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         collate_fn=collate_fn,
+    )
+    if not train:
+        return DataLoader(dataset, **kwargs)
+    passes = passes if passes is not None else PassCounter()
+    return ResumableDataLoader(
+        dataset,
+        sampler=EpochShuffleSampler(len(dataset), seed, passes),
+        drop_last=len(dataset) >= batch_size,
+        passes=passes,
+        # each new iterator draws its workers' base seed from this generator, not from the global random state:
+        # how many iterators Lightning makes differs between an unbroken and a resumed run, and a draw from the
+        # global state would shift every later random number of the task (augmentation, noise)
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
     )
 
 
@@ -127,13 +257,35 @@ class SplitLoaders:
         return self._train_passes
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints by Lightning: the number of passes over the training data, for an exact resume."""
-        return {"train_passes": self._passes().value}
+        """Saved in checkpoints by Lightning, for an exact resume: ``train_passes``, the pass over the training data
+        to resume in, and ``train_skip``, how many of its batches the trainer has already processed.
+
+        Mid-fit the trainer's own count of processed batches in the current epoch decides (the loader's workers
+        and Lightning draw batches ahead of it); outside a fit every started pass counts as done.
+        """
+        passes = self._passes()
+        if not passes.open:  # no batch of a pass was drawn since the loader was made or the state was loaded
+            return {"train_passes": passes.value, "train_skip": passes.skip}
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != "fit":
+            return {"train_passes": passes.value, "train_skip": 0}
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if (
+            processed >= trainer.num_training_batches
+        ):  # the pass is done (or cut short by limit_train_batches)
+            return {"train_passes": passes.value, "train_skip": 0}
+        return {"train_passes": passes.value - 1, "train_skip": int(processed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._passes().value = int(state_dict.get("train_passes", 0))
+        """Resume in pass ``train_passes``, leaving out its first ``train_skip`` batches (absent in checkpoints
+        written before mid-epoch resume existed: 0)."""
+        passes = self._passes()
+        passes.value = int(state_dict.get("train_passes", 0))
+        passes.skip = int(state_dict.get("train_skip", 0))
+        passes.open = False
 
     def train_dataloader(self) -> DataLoader:
+        self._passes().open = False  # a new loader: its first pass has not begun
         return self._loader(self.train_dataset, "train_dataset", "fit", train=True)
 
     def val_dataloader(self) -> DataLoader:

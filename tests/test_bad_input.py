@@ -1,0 +1,411 @@
+"""The bad-input matrix: every mistake a researcher can make in a config, a data folder or a checkpoint must fail in
+seconds with an error naming the offending thing and what was expected (never a silent fallback, never a crash deep
+inside torch). Each case asserts the exception type and a message pattern.
+
+Sections: batches (masks, images), names (nets, losses, backbones, likelihoods, policies), data folders (every data
+module: missing root, missing sub-folder, empty split, corrupt files), checkpoints (another task class, another
+configuration; through ``load_from_checkpoint``, the Trainer's ``ckpt_path`` and the CLI), and non-finite losses
+(``nan_policy``) for every task family.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fake_gen_trees import write_cifar10, write_image_folder, write_mnist
+from fake_trees import corrupt_file, write_cityscapes, write_coco, write_mask_folder, write_voc
+from lightning.pytorch import Callback, LightningModule, Trainer
+from task_helpers import quiet_trainer, save_untrained_checkpoint
+from tiny_tasks import FAMILIES
+
+from segen import (
+    GANTask,
+    InstanceSegmentationTask,
+    MaskToImageTask,
+    SegmentationTask,
+    UNet,
+    VAETask,
+    VQVAETask,
+)
+from segen.data import (
+    CIFAR10DataModule,
+    CityscapesDataModule,
+    CocoInstanceDataModule,
+    CorruptFileError,
+    ImageFolderDataModule,
+    MaskFolderDataModule,
+    MNISTDataModule,
+    VOCDataModule,
+)
+from segen.losses import build_loss
+from segen.nets.deeplab import build_backbone
+from segen.tasks.base import CheckpointMismatchError, NonFiniteLossError
+
+# ============================================================================================ batches
+SEG = functools.partial(
+    SegmentationTask, num_classes=4, in_channels=3, net=functools.partial(UNet, base_channels=4)
+)
+
+
+def _seg_step(images: torch.Tensor, masks: torch.Tensor) -> None:
+    SEG().training_step((images, masks), 0)
+
+
+def _m2i_step(images: torch.Tensor, masks: torch.Tensor) -> None:
+    task = MaskToImageTask(num_classes=4, channels=3, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    task._unpack((images, masks))
+
+
+def _long(*shape: int, value: int = 0) -> torch.Tensor:
+    return torch.full(shape, value, dtype=torch.long)
+
+
+BATCH_CASES = {
+    # (step, images, masks, exception, message pattern)
+    "mask value above K": (
+        _seg_step, torch.randn(2, 3, 16, 16), _long(2, 16, 16, value=7), ValueError,
+        r"target holds class 7, but the loss has num_classes=4 \(valid: 0\.\.3 and ignore_index=255\)",
+    ),
+    "negative mask value": (
+        _seg_step, torch.randn(2, 3, 16, 16), _long(2, 16, 16, value=-1), ValueError,
+        r"class -1.*valid: 0\.\.3 and ignore_index=255",
+    ),
+    "mask with a channel axis": (
+        _seg_step, torch.randn(2, 3, 16, 16), _long(2, 1, 16, 16), ValueError,
+        r"mask shape \(2, 1, 16, 16\) does not match image shape \(2, 3, 16, 16\); expected masks \(B, H, W\)",
+    ),
+    "float mask": (
+        _seg_step, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16), TypeError,
+        r"integer class indices, got dtype torch\.float32",
+    ),
+    "image channels differ from the model": (
+        _seg_step, torch.randn(2, 1, 16, 16), _long(2, 16, 16), ValueError,
+        r"expects images \(B, 3, H, W\), got \(2, 1, 16, 16\).*in_channels=3",
+    ),
+    "image and mask of different sizes": (
+        _seg_step, torch.randn(2, 3, 16, 16), _long(2, 12, 16), ValueError,
+        r"mask shape \(2, 12, 16\) does not match image shape \(2, 3, 16, 16\)",
+    ),
+    "mask-to-image: mask value above K": (
+        _m2i_step, torch.randn(2, 3, 16, 16), _long(2, 16, 16, value=9), ValueError, r"class ids must be in \[0, 4\) \(num_classes=4\) or equal ignore_index=255, found 9",
+    ),
+    "mask-to-image: image and mask of different sizes": (
+        _m2i_step, torch.randn(2, 3, 16, 16), _long(2, 8, 8), ValueError, r"\(2, 8, 8\).*\(2, 3, 16, 16\)",
+    ),
+    "mask-to-image: image channels differ from the model": (
+        _m2i_step, torch.randn(2, 1, 16, 16), _long(2, 16, 16), ValueError, r"channels=3|3 channels|\(B, 3,",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BATCH_CASES))
+def test_bad_batches_are_named(case):
+    step, images, masks, error, pattern = BATCH_CASES[case]
+    with pytest.raises(error, match=pattern):
+        step(images, masks)
+
+
+GENERATION_BATCH_CASES = {
+    "gan": (
+        torch.randn(2, 3, 16, 16),
+        r"GANTask: images of shape \(2, 3, 16, 16\), expected \(B, 1, 16, 16\)",
+    ),
+    "vae": (torch.randn(2, 1, 8, 8), r"VAETask: images of shape \(2, 1, 8, 8\), expected \(B, 1, 16, 16\)"),
+    "vqvae": (
+        torch.randn(2, 3, 16, 16),
+        r"VQVAETask: images of shape \(2, 3, 16, 16\), expected \(B, 1, 16, 16\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(GENERATION_BATCH_CASES))
+def test_generation_tasks_name_the_image_shape_they_expected(family):
+    images, pattern = GENERATION_BATCH_CASES[family]
+    task = FAMILIES[family]()[0]
+    unpack = task._unpack if hasattr(task, "_unpack") else task._images
+    with pytest.raises(ValueError, match=pattern + r"; set channels/image_size to the data's"):
+        unpack((images, torch.zeros(2, dtype=torch.long)))
+
+
+# ============================================================================================ names
+NAME_CASES = {
+    "net": (lambda: SegmentationTask(num_classes=3, net="unett"), "net 'unett'", "deeplabv3, deeplabv3plus, unet", "unet"),
+    "loss": (lambda: build_loss("dice_c"), "loss 'dice_c'", "ce, dice, dice_ce, focal", "dice_ce"),
+    "task loss": (lambda: SegmentationTask(num_classes=3, loss="focall"), "loss 'focall'", "ce, dice, dice_ce, focal", "focal"),
+    "deeplab backbone": (lambda: build_backbone("resnet5"), "backbone 'resnet5'", "resnet18", "resnet50"),
+    "mask r-cnn backbone": (
+        lambda: InstanceSegmentationTask(num_classes=3, backbone="resnet3"), "backbone 'resnet3'", "resnet18, resnet34", "resnet34",
+    ),
+    "likelihood": (lambda: VAETask(likelihood="gausian"), "likelihood 'gausian'", "bernoulli, gaussian, logistic", "gaussian"),
+    "adversarial loss": (lambda: GANTask(loss="hing"), "adversarial loss 'hing'", "hinge, ns, wgan-gp", "hinge"),
+    "nan_policy": (lambda: VQVAETask(nan_policy="skp"), "nan_policy 'skp'", "off, raise, skip", "skip"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(NAME_CASES))
+def test_unknown_names_list_the_valid_ones_and_suggest_the_closest(case):
+    build, unknown, valid, closest = NAME_CASES[case]
+    with pytest.raises(ValueError) as info:
+        build()
+    message = str(info.value)
+    assert f"unknown {unknown}" in message and valid in message, message
+    assert message.endswith(f"did you mean {closest!r}?"), message
+
+
+# ============================================================================================ data folders
+def _voc(root: Path) -> Any:
+    write_voc(root)
+    return functools.partial(VOCDataModule, root), root / "VOCdevkit" / "VOC2012" / "SegmentationClass"
+
+
+def _cityscapes(root: Path) -> Any:
+    write_cityscapes(root)
+    return functools.partial(CityscapesDataModule, root), root / "gtFine"
+
+
+def _mask_folder(root: Path) -> Any:
+    images, masks, _ = write_mask_folder(root)
+    return functools.partial(MaskFolderDataModule, images, masks, num_classes=3), masks
+
+
+def _coco(root: Path) -> Any:
+    images, annotations, _ = write_coco(root)
+    return functools.partial(CocoInstanceDataModule, images, annotations), annotations
+
+
+def _mnist(root: Path) -> Any:
+    write_mnist(root)
+    return functools.partial(MNISTDataModule, root), root / "MNIST"
+
+
+def _cifar(root: Path) -> Any:
+    write_cifar10(root)
+    return functools.partial(CIFAR10DataModule, root), root / "cifar-10-batches-py"
+
+
+def _image_folder(root: Path) -> Any:
+    write_image_folder(root / "pets", classes=("cat",))
+    return functools.partial(ImageFolderDataModule, root / "pets"), root / "pets" / "cat"
+
+
+DATA_MODULES = {  # name: (build from a root, write a real tree and return (build, a part to remove))
+    "voc": (VOCDataModule, _voc),
+    "cityscapes": (CityscapesDataModule, _cityscapes),
+    "mask_folder": (
+        lambda root: MaskFolderDataModule(root / "images", root / "masks", num_classes=3),
+        _mask_folder,
+    ),
+    "coco": (lambda root: CocoInstanceDataModule(root / "images", root / "instances.json"), _coco),
+    "mnist": (MNISTDataModule, _mnist),
+    "cifar10": (CIFAR10DataModule, _cifar),
+    "image_folder": (ImageFolderDataModule, _image_folder),
+}
+
+
+@pytest.mark.parametrize("name", list(DATA_MODULES))
+def test_a_data_root_that_does_not_exist_is_named(name, tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError) as info:
+        DATA_MODULES[name][0](missing).setup("fit")
+    assert str(missing) in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", list(DATA_MODULES))
+def test_a_data_root_without_its_expected_part_names_that_part(name, tmp_path):
+    built, part = DATA_MODULES[name][1](tmp_path)
+    shutil.rmtree(part) if part.is_dir() else part.unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        built().setup("fit")
+    message = str(info.value)
+    # the missing part by name; an image folder says it has no class sub-folder (the one there was removed)
+    expected = "has no class sub-folder" if name == "image_folder" else part.name
+    assert expected in message and re.search(r"[Ee]xpected", message), message
+
+
+def test_a_corrupt_image_is_named_and_skip_corrupt_skips_it(tmp_path):
+    """One case of tests/data/test_corrupt_files.py, which covers every file-based data module."""
+    images, masks, _ = write_mask_folder(tmp_path, n=6)
+    bad = corrupt_file(sorted(images.iterdir())[0], "truncate")
+    data = MaskFolderDataModule(images, masks, num_classes=3)
+    data.setup("fit")
+    pattern = rf"could not decode image '{re.escape(str(bad))}'.*skip_corrupt=True"
+    with pytest.raises(CorruptFileError, match=pattern):
+        for split in (data.train_dataset, data.val_dataset):
+            [split[i] for i in range(len(split))]
+    data = MaskFolderDataModule(images, masks, num_classes=3, skip_corrupt=True)
+    data.setup("fit")
+    assert data.corrupt_files == [str(bad)]
+    assert len(data.train_dataset) + len(data.val_dataset) == 5
+
+
+# ============================================================================================ checkpoints
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "seg4": save_untrained_checkpoint(SEG(), root / "seg4.ckpt"),
+        "gan": save_untrained_checkpoint(FAMILIES["gan"]()[0], root / "gan.ckpt"),
+    }
+
+
+def test_load_from_checkpoint_of_another_task_names_the_file_and_both_classes(checkpoints):
+    with pytest.raises(CheckpointMismatchError) as info:
+        SegmentationTask.load_from_checkpoint(checkpoints["gan"])
+    message = str(info.value)
+    assert str(checkpoints["gan"]) in message, message
+    assert "written by segen.tasks.gan.GANTask, not by segen.tasks.segmentation.SegmentationTask" in message
+    assert "load it with GANTask.load_from_checkpoint" in message
+
+
+def test_load_from_checkpoint_with_another_configuration_names_tensors_and_settings(checkpoints):
+    net = functools.partial(UNet, base_channels=4)
+    with pytest.raises(CheckpointMismatchError) as info:
+        SegmentationTask.load_from_checkpoint(checkpoints["seg4"], num_classes=3, net=net)
+    message = str(info.value)
+    assert str(checkpoints["seg4"]) in message, message
+    assert re.search(r"net\.\S+: \(4, 4, 1, 1\) in the checkpoint, \(3, 4, 1, 1\) here", message), message
+    assert "num_classes: 4 -> 3" in message, message
+
+
+def test_a_subclass_loads_its_base_class_checkpoint(checkpoints):
+    class MySegmentation(SegmentationTask):
+        pass
+
+    task = MySegmentation.load_from_checkpoint(
+        checkpoints["seg4"], net=functools.partial(UNet, base_channels=4)
+    )
+    assert task.num_classes == 4
+
+
+class _OneBatch(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(3, 16, 16), torch.zeros(16, 16, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    ("build", "checkpoint", "pattern"),
+    [
+        (lambda: SEG(num_classes=3), "seg4", r"does not fit this SegmentationTask: .*num_classes: 4 -> 3"),
+        (lambda: FAMILIES["vae"]()[0], "gan", r"written by segen\.tasks\.gan\.GANTask, not by segen\.tasks\.vae\.VAETask"),
+    ],
+    ids=["other configuration", "other task"],
+)  # fmt: skip
+def test_trainer_ckpt_path_refuses_a_checkpoint_that_does_not_fit(
+    build, checkpoint, pattern, checkpoints, tmp_path
+):
+    task = build()
+    loader = torch.utils.data.DataLoader(_OneBatch(), batch_size=2)
+    with pytest.raises(CheckpointMismatchError, match=pattern):
+        quiet_trainer(tmp_path, max_steps=1).fit(task, loader, ckpt_path=checkpoints[checkpoint])
+
+
+def test_cli_ckpt_path_of_another_task_is_refused(checkpoints, tmp_path, monkeypatch):
+    from segen.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "unet_shapes.yaml"
+    args = [
+        "fit", "-c", str(config), f"--ckpt_path={checkpoints['gan']}", "--trainer.logger=false",
+        "--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}", "--data.num_train=8", "--data.num_val=4",
+        "--data.batch_size=4", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    with pytest.raises(
+        CheckpointMismatchError, match=r"written by segen\.tasks\.gan\.GANTask, not by .*Segmentation"
+    ):
+        main(args)
+
+
+# ============================================================================================ non-finite losses
+class PoisonBatches(Callback):
+    """Fills the images of the given training batches with NaN before the step sees them (a real data fault)."""
+
+    def __init__(self, batches: set[int]) -> None:
+        self.batches = batches
+
+    def on_train_batch_start(
+        self, trainer: Trainer, task: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx in self.batches:
+            images = batch[0]
+            for image in images if isinstance(images, (list, tuple)) else [images]:
+                image.fill_(math.nan)
+
+
+def _fit(
+    build: Callable[[], tuple[LightningModule, Any]],
+    tmp_path: Path,
+    policy: str,
+    poison: set[int],
+    steps: int,
+):
+    torch.manual_seed(0)
+    task, data = build()
+    task.hparams["nan_policy"] = policy
+    trainer = quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=0, callbacks=[PoisonBatches(poison)])
+    return task, trainer, data
+
+
+def _all_finite(task: LightningModule, buffers: bool = True) -> bool:
+    tensors = [p for p in task.parameters()] + ([b for b in task.buffers()] if buffers else [])
+    return all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+STEP_NAMES = {"gan": "discriminator loss", "mask_to_image": "discriminator loss"}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_nan_loss_stops_the_run_naming_the_step_and_the_part(family, tmp_path):
+    task, trainer, data = _fit(FAMILIES[family], tmp_path, "raise", poison={1}, steps=4)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(task, data)
+    message = str(info.value)
+    loss = STEP_NAMES.get(family, "loss")
+    assert re.search(rf"non-finite {loss} at training step \d+ \(epoch 0, batch 1\): \w+=nan", message), (
+        message
+    )
+    assert "nan_policy='skip'" in message
+    # the forward pass may have written NaN into normalisation statistics; the parameters were not updated
+    assert _all_finite(task, buffers=False), "the NaN step must not reach the weights"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_skip_policy_drops_nan_steps_counts_them_and_keeps_weights_finite(family, tmp_path):
+    task, trainer, data = _fit(FAMILIES[family], tmp_path, "skip", poison={1}, steps=3)
+    trainer.fit(task, data)
+    assert task.skipped_steps == 1
+    assert trainer.callback_metrics["train/skipped_steps"].item() == 1.0
+    assert _all_finite(task)
+
+
+def test_skip_policy_still_stops_a_diverged_run(tmp_path):
+    task, trainer, data = _fit(FAMILIES["segmentation"], tmp_path, "skip", poison={0, 1, 2, 3, 4, 5}, steps=6)
+    task.max_consecutive_skips = 2
+    with pytest.raises(
+        NonFiniteLossError, match=r"not finite for 3 steps in a row \(nan_policy='skip' allows 2\)"
+    ):
+        trainer.fit(task, data)
+    assert _all_finite(task)
+
+
+def test_skipped_steps_survive_a_checkpoint(tmp_path):
+    task, trainer, data = _fit(FAMILIES["vae"], tmp_path, "skip", poison={0}, steps=2)
+    trainer.fit(task, data)
+    trainer.save_checkpoint(tmp_path / "skip.ckpt")
+    again = VAETask.load_from_checkpoint(tmp_path / "skip.ckpt", weights_only=True)
+    assert again.skipped_steps == task.skipped_steps == 1
+
+
+def test_segmentation_task_and_mask_to_image_accept_a_net_name():
+    assert type(SegmentationTask(num_classes=3, net="unet").net) is UNet
+    assert isinstance(MaskToImageTask(num_classes=3, image_size=16), MaskToImageTask)
