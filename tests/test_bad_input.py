@@ -11,6 +11,7 @@ configuration; through ``load_from_checkpoint``, the Trainer's ``ckpt_path`` and
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import shutil
@@ -244,6 +245,49 @@ def test_a_corrupt_image_is_named_and_skip_corrupt_skips_it(tmp_path):
     data.setup("fit")
     assert data.corrupt_files == [str(bad)]
     assert len(data.train_dataset) + len(data.val_dataset) == 5
+
+
+# empty splits (missing roots and sub-folders are above, corrupt files in tests/data/test_corrupt_files.py)
+def test_voc_empty_image_set(tmp_path):
+    write_voc(tmp_path)
+    listed = tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt"
+    listed.write_text("")
+    dm = VOCDataModule(tmp_path)
+    with pytest.raises(FileNotFoundError, match="lists no image id") as info:
+        dm.setup("fit")
+    assert str(listed) in str(info.value)
+
+
+def test_cityscapes_empty_split(tmp_path):
+    write_cityscapes(tmp_path)
+    for path in (tmp_path / "leftImg8bit" / "train" / "aachen").iterdir():
+        path.unlink()
+    dm = CityscapesDataModule(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no \*_leftImg8bit.png images under") as info:
+        dm.setup("fit")
+    assert str(tmp_path / "leftImg8bit" / "train") in str(info.value)
+
+
+def test_mask_folder_missing_mask_folder_and_empty_image_folder(tmp_path):
+    images, masks, _ = write_mask_folder(tmp_path, n=2)
+    with pytest.raises(FileNotFoundError, match="mask folder") as info:
+        MaskFolderDataModule(images, tmp_path / "labels", 3)
+    assert str(tmp_path / "labels") in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no") as info:
+        MaskFolderDataModule(tmp_path / "empty", masks, 3)
+    assert str(tmp_path / "empty") in str(info.value)
+
+
+def test_coco_empty_split(tmp_path):
+    images, annotations, _ = write_coco(tmp_path, num_images=2, name="train")
+    _, val_annotations, _ = write_coco(tmp_path, num_images=2, name="val")
+    data = json.loads(val_annotations.read_text())
+    val_annotations.write_text(json.dumps({**data, "images": [], "annotations": []}))
+    dm = CocoInstanceDataModule(images, annotations, val_annotations=val_annotations)
+    with pytest.raises(ValueError, match="holds no image") as info:
+        dm.setup("validate")
+    assert str(val_annotations) in str(info.value)
 
 
 # ============================================================================================ checkpoints

@@ -137,6 +137,17 @@ def test_sigterm_writes_last_at_the_step_it_arrived(tmp_path):
     assert resumed.ckpt_path == str(tmp_path / "last.ckpt") and resumed.global_step == 7
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl+C handler for the test, as in a terminal: a shell that starts a job in the background (and
+    so some CI runners) sets SIGINT to "ignore" for it, and the callback must not depend on who started pytest."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class SigintInsideStep(Callback):
     """Ctrl+C while a training step runs (at ``step``), as a user in a terminal would press it."""
 
@@ -149,9 +160,7 @@ class SigintInsideStep(Callback):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.skipif(
-    signal.getsignal(signal.SIGINT) is not signal.default_int_handler, reason="SIGINT is taken over here"
-)
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_finishes_the_step_writes_last_and_gives_sigint_back(tmp_path, capsys):
     checkpoint = SegenCheckpoint(dirpath=tmp_path, last_every_n_steps=0, save_top_k=0)
     trainer = tiny_trainer(tmp_path, [checkpoint, SigintInsideStep(4)], max_epochs=1)
@@ -163,9 +172,7 @@ def test_ctrl_c_finishes_the_step_writes_last_and_gives_sigint_back(tmp_path, ca
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-@pytest.mark.skipif(
-    signal.getsignal(signal.SIGINT) is not signal.default_int_handler, reason="SIGINT is taken over here"
-)
+@pytest.mark.usefixtures("python_sigint")
 def test_a_second_ctrl_c_stops_at_once_and_leaves_last_as_it_was(tmp_path):
     checkpoint = SegenCheckpoint(dirpath=tmp_path, last_every_n_steps=2, save_top_k=0)
     trainer = tiny_trainer(tmp_path, [checkpoint, SigintInsideStep(5, times=2)], max_epochs=1)

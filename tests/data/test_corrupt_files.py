@@ -1,12 +1,11 @@
 """Corrupt data files (cut short, random bytes) in every file-based data module: the error names the file and what
 was expected; ``skip_corrupt=True`` skips them, counts them in ``corrupt_files``, warns once per file and keeps
-batches well-formed; an all-corrupt split fails clearly. Also the layout errors not covered by the per-module tests
-(an empty split, a missing mask folder). Everything runs on the real on-disk formats of ``fake_trees``."""
+batches well-formed; an all-corrupt split fails clearly. (Empty splits are in tests/test_bad_input.py.) Everything
+runs on the real on-disk formats of ``fake_trees``."""
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import shutil
@@ -362,49 +361,3 @@ def test_cifar_corrupt_batch_is_named(tmp_path, file, how):
     with pytest.raises(CorruptFileError, match="cannot be read") as info:
         dm.setup("fit")
     assert str(bad) in str(info.value) and "cifar-10-python.tar.gz" in str(info.value)
-
-
-# ---------------------------------------------------------------------------------------------- layout errors
-# (missing roots and sub-folders are tested in each module's own test file; these are the cases missing there)
-
-
-def test_voc_empty_image_set(tmp_path):
-    write_voc(tmp_path)
-    listed = tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt"
-    listed.write_text("")
-    dm = VOCDataModule(tmp_path)
-    with pytest.raises(FileNotFoundError, match="lists no image id") as info:
-        dm.setup("fit")
-    assert _names(listed, str(info.value))
-
-
-def test_cityscapes_empty_split(tmp_path):
-    write_cityscapes(tmp_path)
-    for path in (tmp_path / "leftImg8bit" / "train" / "aachen").iterdir():
-        path.unlink()
-    dm = CityscapesDataModule(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"no \*_leftImg8bit.png images under") as info:
-        dm.setup("fit")
-    assert _names(tmp_path / "leftImg8bit" / "train", str(info.value))
-
-
-def test_mask_folder_missing_mask_folder_and_empty_image_folder(tmp_path):
-    images, masks, _ = write_mask_folder(tmp_path, n=2)
-    with pytest.raises(FileNotFoundError, match="mask folder") as info:
-        MaskFolderDataModule(images, tmp_path / "labels", 3)
-    assert str(tmp_path / "labels") in str(info.value)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no") as info:
-        MaskFolderDataModule(tmp_path / "empty", masks, 3)
-    assert str(tmp_path / "empty") in str(info.value)
-
-
-def test_coco_empty_split(tmp_path):
-    images, annotations, _ = write_coco(tmp_path, num_images=2, name="train")
-    _, val_annotations, _ = write_coco(tmp_path, num_images=2, name="val")
-    data = json.loads(val_annotations.read_text())
-    val_annotations.write_text(json.dumps({**data, "images": [], "annotations": []}))
-    dm = CocoInstanceDataModule(images, annotations, val_annotations=val_annotations)
-    with pytest.raises(ValueError, match="holds no image") as info:
-        dm.setup("validate")
-    assert str(val_annotations) in str(info.value)
