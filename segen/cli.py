@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
@@ -43,7 +44,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from segen.callbacks.checkpoint import DEFAULT_LAST_EVERY_N_STEPS, AtomicCheckpointIO, SegenCheckpoint
 from segen.callbacks.predictions import MaskWriter
-from segen.tasks.base import check_checkpoint_class, read_checkpoint_record
+from segen.tasks.base import check_checkpoint_class
 from segen.tasks.segmentation import SegmentationTask
 
 __all__ = [
@@ -164,19 +165,29 @@ class SegenCLI(LightningCLI):
             )
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a ``--ckpt_path`` written by a task class unrelated to the config's model, naming both, before
-        LightningCLI merges the checkpoint's hyper-parameters into the model config: for another class that merge
-        fails with a parser error about some option, or silently switches the model to the checkpoint's class.
+        """Before LightningCLI merges a ``--ckpt_path`` checkpoint's hyper-parameters into the model config:
+
+        - refuse a checkpoint written by a task class unrelated to the config's model, naming both (the merge would
+          fail with a parser error about some option, or silently switch the model to the checkpoint's class);
+        - skip the merge for a checkpoint written from Python (no ``_class_path`` among its hyper-parameters), which
+          LightningCLI cannot merge (a parser error); the config's model is used, and the task's checkpoint checks
+          name any setting that does not fit.
+
         (Overrides a private LightningCLI hook, pinned by tests/test_bad_input.py.)"""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        model = self.config[subcommand].get("model") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        record = checkpoint.get("segen") if isinstance(checkpoint, dict) else None
+        model = self.config[subcommand].get("model")
         class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
-        if ckpt_path and class_path and Path(ckpt_path).is_file():
-            record = read_checkpoint_record(ckpt_path)
-            if record is not None:
-                check_checkpoint_class(record, _import_class(class_path), f"--ckpt_path {ckpt_path}")
-        super()._parse_ckpt_path()
+        if isinstance(record, dict) and class_path:
+            check_checkpoint_class(record, _import_class(class_path), f"--ckpt_path {ckpt_path}")
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if isinstance(hparams, dict) and "_class_path" not in hparams:
+            return None
+        return super()._parse_ckpt_path()
 
     # ------------------------------------------------------------------ trainer defaults
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

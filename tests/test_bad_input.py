@@ -370,6 +370,29 @@ def test_cli_ckpt_path_of_another_task_is_refused(checkpoints, tmp_path, monkeyp
         main(args)
 
 
+def test_cli_ckpt_path_of_another_configuration_names_the_setting(tmp_path, monkeypatch):
+    """A checkpoint written from Python (a default 32-channel U-Net, 4 classes) given to a config with a 16-channel
+    U-Net and 3-class data: the error names the tensors and the settings, not a size mismatch inside torch.
+    (LightningCLI cannot merge such a checkpoint's hyper-parameters into the config; segen skips that merge.)"""
+    from segen.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    checkpoint = save_untrained_checkpoint(
+        SegmentationTask(num_classes=4, net="unet"), tmp_path / "seg4.ckpt"
+    )
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "unet_shapes.yaml"
+    args = [
+        "fit", "-c", str(config), f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--trainer.max_steps=1",
+        f"--trainer.default_root_dir={tmp_path}", "--data.num_classes=3", "--data.num_train=8", "--data.num_val=4",
+        "--data.batch_size=4", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"net\.stem\.0\.weight: \(32, 3, 3, 3\) in the checkpoint, \(16, 3, 3, 3\) here.*num_classes: 4 -> 3",
+    ):
+        main(args)
+
+
 # ============================================================================================ non-finite losses
 class PoisonBatches(Callback):
     """Fills the images of the given training batches with NaN before the step sees them (a real data fault)."""
