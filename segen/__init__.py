@@ -37,9 +37,12 @@ from segen.nets import (
     UNet,
 )
 from segen.tasks import (
+    CheckpointMismatchError,
     GANTask,
     InstanceSegmentationTask,
     MaskToImageTask,
+    NonFiniteLossError,
+    SegenTask,
     SegmentationTask,
     VAETask,
     VQPriorTask,
@@ -51,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AtomicCheckpointIO",
     "CIFAR10DataModule",
+    "CheckpointMismatchError",
     "CityscapesDataModule",
     "CocoInstanceDataModule",
     "DCGANDiscriminator",
@@ -71,10 +75,12 @@ __all__ = [
     "MaskToImageTask",
     "MaskWriter",
     "MultiscalePatchDiscriminator",
+    "NonFiniteLossError",
     "ReconstructionLogger",
     "SPADEGenerator",
     "SampleImageLogger",
     "SegenCheckpoint",
+    "SegenTask",
     "SegmentationImageLogger",
     "SegmentationTask",
     "ShapesDataModule",

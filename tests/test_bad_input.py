@@ -28,9 +28,11 @@ from task_helpers import quiet_trainer, save_untrained_checkpoint
 from tiny_tasks import FAMILIES
 
 from segen import (
+    CheckpointMismatchError,
     GANTask,
     InstanceSegmentationTask,
     MaskToImageTask,
+    NonFiniteLossError,
     SegmentationTask,
     UNet,
     VAETask,
@@ -48,7 +50,6 @@ from segen.data import (
 )
 from segen.losses import build_loss
 from segen.nets.deeplab import build_backbone
-from segen.tasks.base import CheckpointMismatchError, NonFiniteLossError
 
 # ============================================================================================ batches
 SEG = functools.partial(

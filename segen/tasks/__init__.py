@@ -1,5 +1,6 @@
 """LightningModules, one file per algorithm family."""
 
+from segen.tasks.base import CheckpointMismatchError, NonFiniteLossError, SegenTask
 from segen.tasks.gan import GANTask, max_steps_for
 from segen.tasks.instance import InstanceSegmentationTask
 from segen.tasks.mask_to_image import MaskToImageTask
@@ -9,9 +10,12 @@ from segen.tasks.vq_prior import VQPriorTask
 from segen.tasks.vqvae import VQVAETask
 
 __all__ = [
+    "CheckpointMismatchError",
     "GANTask",
     "InstanceSegmentationTask",
     "MaskToImageTask",
+    "NonFiniteLossError",
+    "SegenTask",
     "SegmentationTask",
     "VAETask",
     "VQPriorTask",
