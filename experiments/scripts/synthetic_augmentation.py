@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gan-lr-g", type=float, default=2e-3, help="Adam lr of the generator")
     add("--gan-lr-d", type=float, default=2e-3, help="Adam lr of the discriminator")
     add(
+        "--diffaugment",
+        type=str,
+        default=None,
+        help="DiffAugment policy of the GAN's discriminator, e.g. color,translation (image and mask move together)",
+    )
+    add(
         "--feature-matching",
         type=float,
         default=10.0,
@@ -288,6 +294,7 @@ def train_gan(
         ),
         discriminator=functools.partial(_discriminator, base_channels=args.d_base_channels),
         feature_matching=args.feature_matching,
+        diffaugment=args.diffaugment,
         ema_decay=args.ema_decay,
         lr_g=args.gan_lr_g,
         lr_d=args.gan_lr_d,

@@ -36,6 +36,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from segen.nets.diffaugment import DIFFAUGMENT_OPS, parse_policy
 from segen.nets.spade import (
     MultiscalePatchDiscriminator,
     SPADEGenerator,
@@ -80,6 +81,8 @@ class MaskToImageTask(GANTask):
         generator, discriminator: modules or factories (called with ``channels``, ``image_size``, ``latent_dim``,
             ``num_classes`` / ``channels``, ``image_size``, ``num_classes``); default SPADE and a 2-scale PatchGAN.
         feature_matching: weight of pix2pixHD's discriminator feature-matching loss (10 in the papers).
+        diffaugment: DiffAugment policy for D's inputs, e.g. ``"color,translation"`` (for small data sets; off by
+            default): translation and cutout move the image and its mask together, colour changes the image only.
         ema_decay: decay of the EMA generator used by ``generate`` and the metrics (``None``: no EMA).
         lr_g, lr_d, betas: the papers' two-time-scale Adam (1e-4 for G, 4e-4 for D, betas (0, 0.999)).
         optimizer_g, optimizer_d, scheduler_g, scheduler_d: LightningCLI callables replacing the defaults.
@@ -104,6 +107,7 @@ class MaskToImageTask(GANTask):
         generator: GeneratorFactory | nn.Module | None = None,
         discriminator: DiscriminatorFactory | nn.Module | None = None,
         feature_matching: float = 10.0,
+        diffaugment: str | None = None,
         ema_decay: float | None = 0.999,
         lr_g: float = 1e-4,
         lr_d: float = 4e-4,
@@ -147,12 +151,13 @@ class MaskToImageTask(GANTask):
         )
         # The GAN machinery reads its own settings from hparams; LightningCLI stores only this class's arguments,
         # so the fixed ones are filled in (load_from_checkpoint passes on only the arguments this class takes).
-        fixed = {"loss": "hinge", "n_critic": 1, "r1_gamma": 0.0, "fid_feature": None, "diffaugment": None}
+        fixed = {"loss": "hinge", "n_critic": 1, "r1_gamma": 0.0, "fid_feature": None}
         for name, parameter in inspect.signature(GANTask.__init__).parameters.items():
             if parameter.default is not inspect.Parameter.empty and name not in self.hparams:
                 self.hparams[name] = fixed.get(name, parameter.default)
         drop_object_hparams(self.hparams, ("segmenter",), (dict, str, type(None)))
         self.ignore_index = ignore_index
+        self.augment = parse_policy(diffaugment)  # applied by _discriminate, image and mask together
         self._masks_checked_on_host = False  # set by on_before_batch_transfer, used up by the next _unpack
         # evaluation parts live in plain dicts, outside the module tree: not in checkpoints, not optimised
         self._evaluation: dict[str, Any] = {"source": segmenter, "segmenter": None}
@@ -292,7 +297,7 @@ class MaskToImageTask(GANTask):
         masks = labels
         with torch.no_grad():
             fake = self(self._noise(real.shape[0]), masks)
-        real_out, fake_out = self.discriminator(real, masks), self.discriminator(fake, masks)
+        real_out, fake_out = self._discriminate(real, masks), self._discriminate(fake, masks)
         # the hinge loss (self.loss_fns) on each scale's patch logits, averaged over the scales
         per_scale = [
             self.loss_fns.discriminator(r[-1].float(), f[-1].float()) for r, f in zip(real_out, fake_out)
@@ -307,20 +312,37 @@ class MaskToImageTask(GANTask):
             "d_fake": fake_out[0][-1].detach().float().mean(),
         }
 
+    def _discriminate(self, images: Tensor, masks: Tensor) -> Any:
+        """D on ``images (B, C, H, W)`` and one-hot ``masks (B, K, H, W)``, through DiffAugment when ``diffaugment``
+        is set. GANTask's DiffAugment sees images alone; here the image and its mask are moved together, so the
+        pair stays aligned: ``translation`` and ``cutout`` act on both, ``color`` on the image channels only."""
+        if not self.augment:
+            return self.discriminator(images, masks)
+        c = images.shape[1]
+        pair = torch.cat([images, masks.to(images.dtype)], dim=1)  # (B, C + K, H, W)
+        for name in self.augment:
+            if name == "color":
+                pair = torch.cat([DIFFAUGMENT_OPS["color"](pair[:, :c]), pair[:, c:]], dim=1)
+            else:
+                pair = DIFFAUGMENT_OPS[name](pair)
+        return self.discriminator(pair[:, :c], pair[:, c:])
+
     def generator_loss(
         self, batch_size: int, labels: Tensor | None, real: Tensor | None = None
     ) -> dict[str, Tensor]:
         """Hinge generator loss plus ``feature_matching`` times the L1 distance of D's features to the real ones."""
         masks = labels
         fake = self(self._noise(batch_size), masks)
-        fake_out = self.discriminator(fake, masks)
+        fake_out = self._discriminate(fake, masks)
         adversarial = sum(self.loss_fns.generator(scale[-1].float()) for scale in fake_out) / len(fake_out)
         parts = {"adversarial": adversarial.detach()}
         loss = adversarial
         if self.hparams.feature_matching > 0 and real is not None:
             with torch.no_grad():
                 real_out = self.discriminator(real, masks)
-            matching = feature_matching_loss(fake_out, real_out)
+            # features of the same mask, compared position by position: without the (independent) augmentation
+            plain_out = self.discriminator(fake, masks) if self.augment else fake_out
+            matching = feature_matching_loss(plain_out, real_out)
             loss = loss + self.hparams.feature_matching * matching
             parts["feature_matching"] = matching.detach()
         return {"loss": loss, **parts}

@@ -189,3 +189,44 @@ def test_trains_on_a_file_based_semantic_data_module_with_ignored_pixels(tmp_pat
     assert torch.allclose(mean.flatten(), torch.tensor(dm.mean)) and torch.allclose(
         std.flatten(), torch.tensor(dm.std)
     )
+
+
+class _RecordingDiscriminator(torch.nn.Module):
+    """A discriminator that keeps what it was shown (and scores it with one conv, so losses are defined)."""
+
+    def __init__(self, channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels + num_classes, 1, 3, padding=1)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> list[list[torch.Tensor]]:
+        self.seen.append((images.detach(), masks.detach()))
+        return [[self.conv(torch.cat([images, masks], 1))]]
+
+
+@pytest.mark.parametrize("policy", ["translation,cutout", "color,translation,cutout"])
+def test_diffaugment_moves_image_and_mask_together_and_colours_only_the_image(policy):
+    torch.manual_seed(0)
+    gan = task(diffaugment=policy, discriminator=_RecordingDiscriminator, feature_matching=0.0)
+    masks = torch.nn.functional.one_hot(torch.randint(0, 3, (4, 16, 16)), 3).permute(0, 3, 1, 2).float()
+    images = masks.clone() * 2 - 1  # (4, 3, 16, 16): each image channel is its mask channel, in [-1, 1]
+    gan.discriminator.seen.clear()
+    gan.discriminator_loss(images, masks)
+    shown_images, shown_masks = gan.discriminator.seen[0]  # the real pair, augmented
+    assert not torch.equal(shown_masks, masks)  # translation/cutout did act on the mask
+    if "color" in policy:
+        assert not torch.allclose(shown_images, shown_masks * 2 - 1)  # colour changed the image ...
+        assert set(shown_masks.unique().tolist()) <= {0.0, 1.0}  # ... and left the mask one-hot
+        # colour is per image: brightness, saturation, contrast keep where the pixels of a mask region are equal
+        for b in range(4):
+            for k in range(3):
+                region = shown_masks[b, k] > 0.5
+                if region.sum() > 1:
+                    values = shown_images[b, :, region]  # (3, pixels)
+                    assert torch.allclose(values, values[:, :1].expand_as(values), atol=1e-5)
+    else:  # still aligned pixel for pixel: where the mask is one-hot the image is its copy; padding and cutout
+        # blank both (zero image, all-zero mask)
+        labelled = shown_masks.sum(1, keepdim=True) == 1  # (4, 1, 16, 16)
+        assert labelled.any() and (~labelled).any()
+        expected = torch.where(labelled, shown_masks * 2 - 1, torch.zeros_like(shown_images))
+        assert torch.equal(shown_images, expected)
