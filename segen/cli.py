@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
@@ -44,7 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from segen.callbacks.checkpoint import DEFAULT_LAST_EVERY_N_STEPS, AtomicCheckpointIO, SegenCheckpoint
 from segen.callbacks.predictions import MaskWriter
-from segen.tasks.base import check_checkpoint_class
+from segen.tasks.base import check_checkpoint_class, checkpoint_record, read_checkpoint_header
 from segen.tasks.segmentation import SegmentationTask
 
 __all__ = [
@@ -178,13 +177,15 @@ class SegenCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return super()._parse_ckpt_path()
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        record = checkpoint.get("segen") if isinstance(checkpoint, dict) else None
+        checkpoint = read_checkpoint_header(
+            ckpt_path
+        )  # tensors memory-mapped: LightningCLI reads the file next
+        record = checkpoint_record(checkpoint)
         model = self.config[subcommand].get("model")
         class_path = model.get("class_path") if model is not None and hasattr(model, "get") else None
-        if isinstance(record, dict) and class_path:
+        if record is not None and class_path:
             check_checkpoint_class(record, _import_class(class_path), f"--ckpt_path {ckpt_path}")
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             return None
         return super()._parse_ckpt_path()

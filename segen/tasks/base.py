@@ -36,6 +36,8 @@ __all__ = [
     "SegenTask",
     "check_checkpoint_class",
     "check_nan_policy",
+    "checkpoint_record",
+    "read_checkpoint_header",
     "read_checkpoint_record",
 ]
 
@@ -251,14 +253,27 @@ def check_checkpoint_class(record: Mapping[str, Any], cls: type, source: str = "
     )
 
 
+def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file with ``weights_only=True`` and its tensors memory-mapped rather than read, so looking at its
+    metadata (hyper-parameters, the ``segen`` record) costs no tensor I/O before the real load reads it once."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def checkpoint_record(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``segen`` entry of a loaded checkpoint (the class that wrote it, its hyper-parameters), if any."""
+    record = checkpoint.get(_CHECKPOINT_KEY)
+    return record if isinstance(record, dict) else None
+
+
 def read_checkpoint_record(path: Any) -> dict[str, Any] | None:
-    """The ``segen`` entry of a checkpoint file (the class that wrote it, its hyper-parameters), or ``None`` when the
-    file cannot be read with ``weights_only=True`` or has no entry."""
+    """:func:`checkpoint_record` of a checkpoint file, or ``None`` when it cannot be read with ``weights_only=True``."""
     if not isinstance(path, (str, Path)):
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return checkpoint_record(read_checkpoint_header(path))
     except Exception:  # an unreadable file: the caller's own error says more
         return None
-    record = checkpoint.get(_CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    return record if isinstance(record, dict) else None
