@@ -149,6 +149,9 @@ NAME_CASES = {
     "likelihood": (lambda: VAETask(likelihood="gausian"), "likelihood 'gausian'", "bernoulli, gaussian, logistic", "gaussian"),
     "adversarial loss": (lambda: GANTask(loss="hing"), "adversarial loss 'hing'", "hinge, ns, wgan-gp", "hinge"),
     "nan_policy": (lambda: VQVAETask(nan_policy="skp"), "nan_policy 'skp'", "off, raise, skip", "skip"),
+    "discriminator_type": (
+        lambda: MaskToImageTask(num_classes=3, discriminator_type="segmentaton"), "discriminator_type 'segmentaton'", "patch, segmentation", "segmentation",
+    ),
 }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from segen import (
     VAETask,
     VQVAETask,
 )
-from segen.nets import MultiscalePatchDiscriminator, SPADEGenerator
+from segen.nets import SegmentationDiscriminator, SPADEGenerator
 
 
 def _images(n: int, channels: int, size: int) -> TensorDataset:
@@ -79,8 +79,8 @@ def mask_to_image() -> tuple[LightningModule, Any]:
         image_size=16,
         latent_dim=8,
         generator=functools.partial(SPADEGenerator, base_channels=8, max_channels=8, hidden=8, num_blocks=2),
-        discriminator=lambda channels, image_size, num_classes: MultiscalePatchDiscriminator(
-            num_classes=num_classes, channels=channels, base_channels=8
+        discriminator=lambda channels, image_size, num_classes: SegmentationDiscriminator(
+            num_classes=num_classes, channels=channels, base_channels=8, depth=2
         ),
     )
     return task, ShapesDataModule(image_size=16, num_train=4, num_val=2, batch_size=2)

@@ -58,7 +58,7 @@ from torchvision.utils import make_grid, save_image
 from segen import MaskToImageTask, SegmentationTask, ShapesDataset, SPADEGenerator, UNet
 from segen.callbacks.images import colorize
 from segen.data.shapes import SHAPE_NAMES, denormalize
-from segen.nets import MultiscalePatchDiscriminator
+from segen.nets import MultiscalePatchDiscriminator, SegmentationDiscriminator
 from segen.tasks.gan import max_steps_for
 
 DATA_SEED = 0  # the shapes data set: fixed, the same for every experiment seed
@@ -91,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gan-base-channels", type=int, default=16, help="SPADE width at full resolution")
     add("--gan-max-channels", type=int, default=64)
     add("--gan-hidden", type=int, default=16, help="width of every SPADE's shared convolution")
-    add("--d-base-channels", type=int, default=16, help="PatchGAN width")
+    add(
+        "--discriminator-type",
+        choices=("segmentation", "patch"),
+        default="segmentation",
+        help="MaskToImageTask's discriminator: OASIS's per-pixel segmenter (the task's default) or the PatchGAN",
+    )
+    add("--d-base-channels", type=int, default=16, help="discriminator width (U-Net or PatchGAN)")
     # the paper's 1e-4 (G) / 4e-4 (D) paint only colour blobs in ~1000 steps here; 2e-3 for both draws shapes
     add("--gan-lr-g", type=float, default=2e-3, help="Adam lr of the generator")
     add("--gan-lr-d", type=float, default=2e-3, help="Adam lr of the discriminator")
@@ -104,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--feature-matching",
         type=float,
-        default=10.0,
-        help="weight of the discriminator feature-matching loss",
+        default=None,
+        help="weight of the PatchGAN's feature-matching loss (default 10; --discriminator-type patch only)",
     )
     add("--ema-decay", type=float, default=0.999)
     # output
@@ -268,10 +274,15 @@ def train_unet(
     return {**scores, "train/loss": train_loss, "seconds": time.perf_counter() - start}
 
 
-def _discriminator(channels: int, image_size: int, num_classes: int, base_channels: int) -> torch.nn.Module:
-    return MultiscalePatchDiscriminator(
-        num_classes=num_classes, channels=channels, base_channels=base_channels
-    )
+def _discriminator(
+    channels: int, image_size: int, num_classes: int, base_channels: int, kind: str
+) -> torch.nn.Module:
+    if kind == "patch":
+        return MultiscalePatchDiscriminator(
+            num_classes=num_classes, channels=channels, base_channels=base_channels
+        )
+    depth = max(1, min(4, image_size.bit_length() - 3))  # the task's default depth, at this width
+    return SegmentationDiscriminator(num_classes, channels, base_channels=base_channels, depth=depth)
 
 
 def train_gan(
@@ -292,7 +303,10 @@ def train_gan(
             max_channels=args.gan_max_channels,
             hidden=args.gan_hidden,
         ),
-        discriminator=functools.partial(_discriminator, base_channels=args.d_base_channels),
+        discriminator=functools.partial(
+            _discriminator, base_channels=args.d_base_channels, kind=args.discriminator_type
+        ),
+        discriminator_type=args.discriminator_type,
         feature_matching=args.feature_matching,
         diffaugment=args.diffaugment,
         ema_decay=args.ema_decay,

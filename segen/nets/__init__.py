@@ -4,7 +4,7 @@ from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.deeplab import DeepLabV3, DeepLabV3Plus
 from segen.nets.maskrcnn import build_maskrcnn
 from segen.nets.pixelcnn import GatedPixelCNN
-from segen.nets.spade import MultiscalePatchDiscriminator, SPADEGenerator
+from segen.nets.spade import MultiscalePatchDiscriminator, SegmentationDiscriminator, SPADEGenerator
 from segen.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from segen.nets.unet import UNet
 from segen.nets.vae import VAEDecoder, VAEEncoder
@@ -18,6 +18,7 @@ __all__ = [
     "GatedPixelCNN",
     "MultiscalePatchDiscriminator",
     "SPADEGenerator",
+    "SegmentationDiscriminator",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "UNet",

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
 from segen.nets.dcgan import check_image_size, check_latents, check_positive
+from segen.nets.unet import UNet
 
 __all__ = [
     "SPADE",
@@ -40,8 +41,10 @@ __all__ = [
     "PatchDiscriminator",
     "SPADEGenerator",
     "SPADEResBlock",
+    "SegmentationDiscriminator",
     "check_class_ids",
     "check_masks",
+    "class_balance_weights",
     "feature_matching_loss",
     "one_hot_masks",
 ]
@@ -435,7 +438,66 @@ class MultiscalePatchDiscriminator(nn.Module):
         return outputs
 
 
+class SegmentationDiscriminator(nn.Module):
+    """OASIS discriminator (Schönfeld et al., 2021, "You Only Need Adversarial Supervision for Semantic Image
+    Synthesis"): a segmentation network that labels every pixel of ``(B, C, H, W)`` images with one of the ``K``
+    classes or with an extra class ``K``, *fake* → ``(B, K + 1, H, W)`` logits.
+
+    **Why.** A PatchGAN that sees ``cat(image, mask)`` only says "real or fake" per patch, and must discover from that
+    one bit how a region of class ``k`` should look. This discriminator is trained as a segmenter on real images and
+    to call every generated pixel fake; the generator is trained to have its pixels segmented as their mask's class.
+    The generator is told per pixel which class its painting fails to show, which is exactly what the segmentation
+    score measures. It needs no feature-matching or perceptual (VGG) loss. On segen's shapes, where a shape's colour
+    is random and only its outline tells the class, the PatchGAN + feature-matching pair reached a segmentation score
+    of 0.23-0.27 after 400 generator updates and this one 0.31-0.36 (README, "Mask-to-image synthesis").
+
+    The network is segen's :class:`~segen.nets.unet.UNet` (group normalisation by default: its statistics do not
+    depend on the batch, so real and fake batches, DDP ranks and tiny batches are treated alike). OASIS's own
+    discriminator is a deeper residual U-Net with spectral normalisation; LabelMix and 3-D noise are left out.
+
+    Args:
+        num_classes: classes ``K`` of the masks (the logits have ``K + 1`` channels, the last is *fake*).
+        channels: image channels.
+        base_channels, depth, norm: of the U-Net (depth 4 sees a 64-px image at 4×4 in its bottleneck).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        base_channels: int = 32,
+        depth: int = 4,
+        norm: str = "group",
+    ) -> None:
+        super().__init__()
+        check_positive(type(self).__name__, num_classes=num_classes, channels=channels)
+        self.num_classes, self.channels = num_classes, channels
+        self.net = UNet(channels, num_classes + 1, base_channels=base_channels, depth=depth, norm=norm)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (B, {self.channels}, H, W) "
+                f"(channels={self.channels}), got {tuple(images.shape)}"
+            )
+        return self.net(images)  # (B, K + 1, H, W)
+
+
 # ---------------------------------------------------------------------------------------------------------- loss
+def class_balance_weights(masks: Tensor) -> Tensor:
+    """OASIS's per-pixel weights of the class-balanced cross-entropy: one-hot ``(B, K, H, W)`` masks → ``(B, H, W)``.
+
+    A pixel of class ``c`` gets ``N / (K' * n_c)``: ``n_c`` pixels of class ``c`` in the batch, ``N`` labelled
+    pixels, ``K'`` classes present. Every present class then weighs the same in the mean over pixels, so a small
+    class (a thin shape, a pole) matters as much as the background, and the weights average to 1. Unlabelled pixels
+    (all-zero one-hot vectors) get 0.
+    """
+    counts = masks.sum(dim=(0, 2, 3))  # (K,) pixels per class
+    present = counts > 0
+    weight = counts.sum() / (present.sum().clamp(min=1) * counts.clamp(min=1)) * present  # (K,)
+    return (masks * weight.to(masks.dtype)[None, :, None, None]).sum(dim=1)  # (B, H, W)
+
+
 def feature_matching_loss(fake_features: list[list[Tensor]], real_features: list[list[Tensor]]) -> Tensor:
     """pix2pixHD's feature-matching loss with weight 1: the mean over scales of the sum over the intermediate layers
     (every feature map but the last, the logits) of ``L1(fake, real.detach())`` (mean absolute difference).

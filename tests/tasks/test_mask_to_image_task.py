@@ -1,4 +1,8 @@
-"""MaskToImageTask: SPADE GAN on (image, mask) pairs: learning, generate at any size, seg score, resume, errors."""
+"""MaskToImageTask: SPADE GAN on (image, mask) pairs: learning, generate at any size, seg score, resume, errors.
+
+Most tests use the PatchGAN (``discriminator_type="patch"``) with a small width; the default segmentation
+discriminator (OASIS) has its own tests at the end.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from segen import MaskToImageTask, SegmentationTask, ShapesDataModule, UNet
-from segen.nets import MultiscalePatchDiscriminator, SPADEGenerator
+from segen.nets import MultiscalePatchDiscriminator, SegmentationDiscriminator, SPADEGenerator
+from segen.nets.spade import class_balance_weights
 
 SMALL_G = functools.partial(SPADEGenerator, base_channels=16, max_channels=32, hidden=16)
 
@@ -22,7 +27,13 @@ def small_d(channels: int, image_size: int, num_classes: int) -> MultiscalePatch
 
 def task(**kwargs) -> MaskToImageTask:
     defaults = dict(
-        num_classes=3, channels=3, image_size=16, latent_dim=8, generator=SMALL_G, discriminator=small_d
+        num_classes=3,
+        channels=3,
+        image_size=16,
+        latent_dim=8,
+        generator=SMALL_G,
+        discriminator=small_d,
+        discriminator_type="patch",
     )
     return MaskToImageTask(**{**defaults, **kwargs})
 
@@ -230,3 +241,115 @@ def test_diffaugment_moves_image_and_mask_together_and_colours_only_the_image(po
         assert labelled.any() and (~labelled).any()
         expected = torch.where(labelled, shown_masks * 2 - 1, torch.zeros_like(shown_images))
         assert torch.equal(shown_images, expected)
+
+
+# ------------------------------------------------------------------ the default: OASIS's segmentation discriminator
+def small_seg_d(channels: int, image_size: int, num_classes: int) -> SegmentationDiscriminator:
+    return SegmentationDiscriminator(num_classes=num_classes, channels=channels, base_channels=8, depth=2)
+
+
+def seg_task(**kwargs) -> MaskToImageTask:
+    defaults = dict(num_classes=3, channels=3, image_size=16, latent_dim=8, generator=SMALL_G)
+    return MaskToImageTask(**{**defaults, "discriminator": small_seg_d, **kwargs})
+
+
+def test_the_default_discriminator_is_the_segmentation_one_sized_by_the_image():
+    for size, depth in ((16, 2), (32, 3), (64, 4), (256, 4)):
+        m2i = MaskToImageTask(num_classes=5, image_size=size)
+        assert isinstance(m2i.discriminator, SegmentationDiscriminator)
+        assert m2i.discriminator.net.depth == depth and m2i.discriminator.net.num_classes == 6
+        assert m2i.hparams.discriminator_type == "segmentation" and m2i.feature_matching == 0
+    assert MaskToImageTask(num_classes=5, discriminator_type="patch").feature_matching == 10.0
+
+
+def test_segmentation_losses_are_the_class_balanced_cross_entropies():
+    """D: balanced CE of real pixels to their classes + CE of fake pixels to class K; G: balanced CE of fake pixels
+    to their mask's classes; recomputed here from the discriminator's logits."""
+    torch.manual_seed(0)
+    m2i = seg_task()
+    masks = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 16, 16)), 3).permute(0, 3, 1, 2).float()
+    masks[0, :, :3] = 0  # unlabelled rows: no weight in the balanced terms
+    real = torch.rand(2, 3, 16, 16) * 2 - 1
+    ids, weights = masks.argmax(1), class_balance_weights(masks)
+
+    def balanced(logits):
+        return (torch.nn.functional.cross_entropy(logits, ids, reduction="none") * weights).mean()
+
+    state = m2i.noise_rng.get_state()
+    parts = m2i.discriminator_loss(real, masks)
+    m2i.noise_rng.set_state(state)  # the same noise: the same fake images
+    with torch.no_grad():
+        fake = m2i(m2i._noise(2), masks)
+        fake_logits, real_logits = m2i.discriminator(fake), m2i.discriminator(real)
+    expected_fake = torch.nn.functional.cross_entropy(fake_logits, torch.full((2, 16, 16), 3))
+    assert torch.allclose(parts["loss_d_real"], balanced(real_logits), atol=1e-6)
+    assert torch.allclose(parts["loss_d_fake"], expected_fake, atol=1e-6)
+    assert torch.allclose(parts["loss"], balanced(real_logits) + expected_fake, atol=1e-6)
+    assert torch.allclose(parts["d_real"], 1 - real_logits.softmax(1)[:, 3].mean(), atol=1e-6)
+    m2i.noise_rng.set_state(state)
+    g_parts = m2i.generator_loss(2, masks, real)
+    assert torch.allclose(g_parts["loss"], balanced(fake_logits), atol=1e-5)
+    g_parts["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m2i.generator.parameters())
+
+
+def test_class_balance_weights_give_every_present_class_the_same_total():
+    masks = torch.zeros(1, 3, 2, 3)  # 6 pixels: 3 of class 0, 1 of class 2, 2 unlabelled; class 1 absent
+    masks[0, 0, 0, :] = 1
+    masks[0, 2, 1, 0] = 1
+    weights = class_balance_weights(masks)  # N = 4 labelled pixels, 2 present classes
+    expected = torch.tensor([[[4 / 6, 4 / 6, 4 / 6], [2.0, 0.0, 0.0]]])
+    assert torch.allclose(weights, expected)
+    assert torch.isclose(weights.sum(), torch.tensor(4.0))  # the labelled pixels' weights average to 1
+
+
+def nearest_colour_accuracy(images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Pixel accuracy of a fixed segmenter for toy_pairs: each pixel takes the class of its nearest class colour."""
+    distances = (images[:, None] - COLOURS[None, :, :, None, None]).square().sum(2)  # (N, 3 classes, H, W)
+    return (distances.argmin(1) == masks).float().mean().item()
+
+
+def test_segmentation_discriminator_trains_the_generator_to_paint_the_mask(tmp_path):
+    """The default losses on data where a class has one colour: the generated pixels become segmentable as their
+    mask's class (the segmentation losses ask for the class to show, not for an exact colour)."""
+    torch.manual_seed(0)
+    m2i = seg_task(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    train, held_out = toy_pairs(64, 0), toy_pairs(16, 1)
+    masks = held_out.tensors[1]
+    before = nearest_colour_accuracy(m2i.generate(masks), masks)
+    fit = quiet_trainer(tmp_path, max_steps=2 * 150, limit_val_batches=0)
+    fit.fit(m2i, DataLoader(train, batch_size=8, shuffle=True))
+    after = nearest_colour_accuracy(m2i.generate(masks), masks)
+    assert before < 0.6 and after > 0.95, (before, after)  # measured: 0.07 -> 0.99
+    metrics = fit.callback_metrics
+    assert all(torch.isfinite(metrics[k]) for k in ("train/loss_g", "train/loss_d", "train/d_real"))
+    assert "train/feature_matching" not in metrics
+    assert all(torch.isfinite(p).all() for p in m2i.parameters())
+
+
+def test_segmentation_discriminator_with_diffaugment_and_validation(tmp_path):
+    torch.manual_seed(0)
+    m2i = seg_task(diffaugment="color,translation,cutout")
+    dm = ShapesDataModule(image_size=16, num_classes=3, num_train=8, num_val=4, batch_size=4)
+    fit = quiet_trainer(tmp_path, max_steps=4, limit_val_batches=1, val_check_interval=2)
+    fit.fit(m2i, dm)
+    assert m2i.generator_steps == 2
+    assert 0 < float(fit.callback_metrics["val/d_real"]) < 1  # a probability of "some real class"
+
+
+def test_discriminator_type_mismatches_are_named():
+    with pytest.raises(ValueError, match="a MultiscalePatchDiscriminator was given with discriminator_type="
+                       "'segmentation'; pass discriminator_type='patch'"):  # fmt: skip
+        MaskToImageTask(num_classes=3, discriminator=MultiscalePatchDiscriminator(3))
+    with pytest.raises(ValueError, match="pass discriminator_type='segmentation'"):
+        MaskToImageTask(num_classes=3, discriminator=SegmentationDiscriminator(3), discriminator_type="patch")
+    with pytest.raises(ValueError, match=r"feature_matching=10\.0 needs discriminator_type='patch'"):
+        MaskToImageTask(num_classes=3, feature_matching=10.0)
+    with pytest.raises(ValueError, match="pass discriminator_type='patch'"):  # a factory is checked too
+        seg_task(discriminator=small_d)
+    masks = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 16, 16)), 3).permute(0, 3, 1, 2).float()
+    m2i = seg_task(discriminator=lambda channels, image_size, num_classes: torch.nn.Conv2d(channels, 3, 1))
+    with pytest.raises(
+        ValueError, match=r"must return logits of shape \(2, 4, 16, 16\).*got \(2, 3, 16, 16\)"
+    ):
+        m2i.discriminator_loss(torch.zeros(2, 3, 16, 16), masks)
