@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from segen import GANTask, MaskToImageTask, SegmentationTask, UNet, VAETask, VQVAETask
-from segen.nets import MultiscalePatchDiscriminator, SPADEGenerator
+from segen.nets import MultiscalePatchDiscriminator, SegmentationDiscriminator, SPADEGenerator
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.tasks.instance import InstanceSegmentationTask
@@ -189,21 +189,27 @@ def vqvae() -> VQVAETask:
     return task
 
 
-def mask_to_image() -> MaskToImageTask:
+def mask_to_image(discriminator_type: str = "patch") -> MaskToImageTask:
+    """The PatchGAN variant checks ``val/d_real`` too: it differs between the shards at once. The default
+    segmentation discriminator's is near 0.75 on any image before training, so that family checks the seg scores."""
     torch.manual_seed(1)  # the segmenter (outside the module tree, never trained) must be the same everywhere
     segmenter = SegmentationTask(num_classes=3, net=functools.partial(UNet, base_channels=4, depth=2))
+    discriminators = {
+        "patch": lambda channels, image_size, num_classes: MultiscalePatchDiscriminator(
+            num_classes=num_classes, channels=channels, base_channels=8
+        ),
+        "segmentation": lambda channels, image_size, num_classes: SegmentationDiscriminator(
+            num_classes=num_classes, channels=channels, base_channels=8, depth=2
+        ),
+    }
     return MaskToImageTask(
         num_classes=3,
         channels=3,
         image_size=16,
         latent_dim=4,
         generator=functools.partial(NoiseFreeSPADE, base_channels=8, max_channels=16, hidden=8),
-        discriminator=lambda channels, image_size, num_classes: MultiscalePatchDiscriminator(
-            num_classes=num_classes, channels=channels, base_channels=8
-        ),
-        # the PatchGAN: its val/d_real differs between the shards at once, which the reduction check needs (the
-        # default segmentation discriminator's is near 0.75 on any image before training)
-        discriminator_type="patch",
+        discriminator=discriminators[discriminator_type],
+        discriminator_type=discriminator_type,
         segmenter=segmenter,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
@@ -246,6 +252,12 @@ FAMILIES = {
     "vqvae": Family(vqvae, gray_images, 6, ("val/recon", "val/perplexity", "val/usage")),
     "mask_to_image": Family(
         mask_to_image, seg_pairs, 4, ("val/d_real", "val/seg_score", "val/seg_score_real")
+    ),
+    "mask_to_image_segmentation_d": Family(
+        functools.partial(mask_to_image, "segmentation"),
+        seg_pairs,
+        4,
+        ("val/seg_score", "val/seg_score_real"),
     ),
 }
 
