@@ -281,7 +281,7 @@ def _discriminator(
         return MultiscalePatchDiscriminator(
             num_classes=num_classes, channels=channels, base_channels=base_channels
         )
-    depth = max(1, min(4, image_size.bit_length() - 3))  # the task's default depth, at this width
+    depth = SegmentationDiscriminator.depth_for(image_size)  # the task's default depth, at this width
     return SegmentationDiscriminator(num_classes, channels, base_channels=base_channels, depth=depth)
 
 

@@ -474,6 +474,12 @@ class SegmentationDiscriminator(nn.Module):
         self.num_classes, self.channels = num_classes, channels
         self.net = UNet(channels, num_classes + 1, base_channels=base_channels, depth=depth, norm=norm)
 
+    @staticmethod
+    def depth_for(image_size: int) -> int:
+        """The default U-Net depth for ``image_size``: ``log2(image_size) - 2``, between 1 and 4, so the bottleneck is
+        4×4 for 64 px and up and the receptive field covers whole objects."""
+        return max(1, min(4, int(image_size).bit_length() - 3))
+
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(

@@ -73,9 +73,9 @@ def _patch_discriminator(channels: int, image_size: int, num_classes: int | None
 
 
 def _segmentation_discriminator(channels: int, image_size: int, num_classes: int | None) -> nn.Module:
-    """The ``"segmentation"`` discriminator factory: a U-Net whose bottleneck is 4×4 for ``image_size`` 64 and up
-    (``depth = log2(image_size) - 2``, at most 4), so its receptive field covers whole objects."""
-    depth = max(1, min(4, int(image_size).bit_length() - 3))
+    """The ``"segmentation"`` discriminator factory, its depth set by ``image_size``
+    (:meth:`~segen.nets.spade.SegmentationDiscriminator.depth_for`)."""
+    depth = SegmentationDiscriminator.depth_for(image_size)
     return SegmentationDiscriminator(num_classes=num_classes, channels=channels, depth=depth)
 
 
@@ -376,24 +376,25 @@ class MaskToImageTask(GANTask):
 
     def _segmentation_d_loss(self, real: Tensor, fake: Tensor, masks: Tensor) -> dict[str, Tensor]:
         """OASIS's D loss: class-balanced CE of the real pixels to their classes, CE of the fake pixels to *fake*."""
-        real_logits = self._segment(*self._augment_pair(real, masks))  # (B, K + 1, H, W), its masks
+        real, real_masks = self._augment_pair(real, masks)
+        real_logits = self._segment(real)  # (B, K + 1, H, W)
         fake_logits = self._segment(self._augment_pair(fake, masks)[0])
-        batch, _, height, width = fake_logits[0].shape
+        batch, _, height, width = fake_logits.shape
         fake_ids = torch.full(
             (batch, height, width), self.num_classes, device=real.device
         )  # (B, H, W): *fake*
-        loss_real = self._balanced_ce(*real_logits)
-        loss_fake = F.cross_entropy(fake_logits[0].float(), fake_ids)
+        loss_real = self._balanced_ce(real_logits, real_masks)
+        loss_fake = F.cross_entropy(fake_logits.float(), fake_ids)
         return {
             "loss": loss_real + loss_fake,
             "loss_d_real": loss_real.detach(),
             "loss_d_fake": loss_fake.detach(),
-            "d_real": self._real_probability(real_logits[0]).detach(),
-            "d_fake": self._real_probability(fake_logits[0]).detach(),
+            "d_real": self._real_probability(real_logits).detach(),
+            "d_fake": self._real_probability(fake_logits).detach(),
         }
 
-    def _segment(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The segmentation discriminator's ``(B, K + 1, H, W)`` logits for ``images``, checked, and ``masks``."""
+    def _segment(self, images: Tensor) -> Tensor:
+        """The segmentation discriminator's ``(B, K + 1, H, W)`` logits for ``images``, shape-checked."""
         logits = self.discriminator(images)
         expected = (images.shape[0], self.num_classes + 1, *images.shape[-2:])
         if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
@@ -403,7 +404,7 @@ class MaskToImageTask(GANTask):
                 f"shape {expected} (K + 1 = {self.num_classes + 1} classes, the last one 'fake'), got {found}; "
                 "for a PatchGAN-style discriminator pass discriminator_type='patch'"
             )
-        return logits, masks
+        return logits
 
     @staticmethod
     def _balanced_ce(logits: Tensor, masks: Tensor) -> Tensor:
@@ -443,7 +444,8 @@ class MaskToImageTask(GANTask):
         masks = labels
         fake = self(self._noise(batch_size), masks)
         if self.segmentation_d:
-            segmentation = self._balanced_ce(*self._segment(*self._augment_pair(fake, masks)))
+            fake, fake_masks = self._augment_pair(fake, masks)
+            segmentation = self._balanced_ce(self._segment(fake), fake_masks)
             return {"loss": segmentation, "adversarial": segmentation.detach()}
         fake_out = self._discriminate(fake, masks)
         adversarial = sum(self.loss_fns.generator(scale[-1].float()) for scale in fake_out) / len(fake_out)
@@ -470,7 +472,7 @@ class MaskToImageTask(GANTask):
         real, masks = self._unpack(batch)
         with torch.no_grad():
             if self.segmentation_d:  # probability of "a real class" rather than *fake*
-                score = self._real_probability(self._segment(real)[0])
+                score = self._real_probability(self._segment(real))
             else:  # the finest scale's patch logits
                 score = self.discriminator(real, masks)[0][-1].float().mean()
         self.log("val/d_real", score, batch_size=real.shape[0], sync_dist=True)
