@@ -128,6 +128,38 @@ def test_end_to_end_tiny_run_with_a_config_overridden_by_flags(script, one_threa
     assert rerun["labelled_indices"] == by_key[0.5, 1]["labelled_indices"]
 
 
+def test_pretrain_mode_trains_on_synthetic_then_fine_tunes_on_the_labelled_pairs(
+    script, one_thread, tmp_path
+):
+    argv = [*TINY, "--fractions=0.5", "--seeds=0", "--num-train=24", "--unet-steps=5", "--gan-steps=2"]
+    args = [
+        "--synthetic-use=pretrain",
+        "--pretrain-steps=3",
+        "--synthetic-ratio=2",
+        "--oracle",
+        f"--out={tmp_path}",
+    ]
+    result = script.main([*argv, *args])
+    (run,) = result["runs"]
+    assert run["num_labelled"] == 12 and run["num_synthetic"] == 24  # --synthetic-ratio 2
+    with_synthetic, oracle = run["with_synthetic"], run["oracle"]
+    for arm in (with_synthetic, oracle):
+        assert arm["pretrain/steps"] == 3 and arm["train/steps"] == 5
+    # (o) pretrained on the real images of the same masks, (c) on the generated ones
+    assert oracle["pretrain/loss"] != with_synthetic["pretrain/loss"]
+    assert run["real_only"]["train/steps"] == 5 and "pretrain/loss" not in run["real_only"]
+    assert math.isfinite(with_synthetic["pretrain/loss"]) and 0 <= with_synthetic["test/mIoU"] <= 1
+    # the same seed, labelled pairs and initial weights: only the pretraining differs, and it changed the net
+    assert with_synthetic["train/loss"] != run["real_only"]["train/loss"]
+    assert "(c) real + synthetic mIoU (pretrain, ratio 2)" in result["table"]
+    (row,) = table_rows(result["table"])
+    assert len(row) == 8 and mean_of(row[6]) == pytest.approx(oracle["test/mIoU"], abs=1e-3)
+    assert mean_of(row[7]) == pytest.approx(oracle["test/mIoU"] - run["real_only"]["test/mIoU"], abs=2e-3)
+    # the default: one mixed training, no pretraining
+    assert script.parse_args([]).pretrain_steps == 0
+    assert script.parse_args(["--synthetic-use", "pretrain", "--unet-steps", "7"]).pretrain_steps == 7
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -137,6 +169,11 @@ def test_end_to_end_tiny_run_with_a_config_overridden_by_flags(script, one_threa
         (["--image-size", "24"], r"--image-size must be a power of two >= 16"),
         (["--synthetic-ratio", "0"], r"--synthetic-ratio must be > 0"),
         (["--seeds", "1", "1"], r"must not repeat"),
+        (
+            ["--pretrain-steps", "5"],
+            r"--pretrain-steps 5 needs --synthetic-use pretrain, got --synthetic-use mix",
+        ),
+        (["--synthetic-use", "pretrain", "--pretrain-steps", "0"], r"--pretrain-steps must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_named(script, argv, message):

@@ -8,8 +8,17 @@ a pool of ``--num-train`` procedural shapes images, per fraction and seed:
     (c) real + synthetic: the same U-Net recipe, from the same initial weights, for the same number of optimizer
                           steps, on the labelled pairs plus ``round(synthetic_ratio * labelled)`` synthetic pairs:
                           images painted by (b)'s EMA generator for NEW masks, mapped to the data's normalisation.
-                          Both sets are shuffled together (a ConcatDataset), so with ``--synthetic-ratio r`` a batch
-                          holds ``r / (1 + r)`` synthetic pairs on average (half at the default r = 1).
+                          With ``--synthetic-use mix`` (the default) both sets are shuffled together (a
+                          ConcatDataset), so with ``--synthetic-ratio r`` a batch holds ``r / (1 + r)`` synthetic
+                          pairs on average (half at the default r = 1). With ``--synthetic-use pretrain`` the U-Net
+                          first trains ``--pretrain-steps`` steps on the synthetic pairs alone, then the usual
+                          ``--unet-steps`` on the labelled pairs alone (a fresh optimizer and schedule): the
+                          synthetic-to-real recipe of "Playing for Data" (Richter et al. 2016), where the real
+                          images have the last word on texture.
+
+With ``--oracle``, a fourth arm (o) repeats (c) with the *real* images of the new masks in place of the generated
+ones: what a perfect generator would give, so (o) - (a) is the most (c) can gain with this recipe, and (o) - (c) is
+what the generator loses.
 
 The new masks are the masks of train-split items *outside the pool* (indices ``num_train ...``), so they never
 coincide with a labelled item; their images are discarded. Masks are the cheap part of a segmentation label when
@@ -78,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--image-size", type=int, default=32, help="a power of two >= 16 (32 keeps CPU runs feasible)")
     add("--num-classes", type=int, default=4, help="background + shape kinds (ShapesDataset)")
     add("--synthetic-ratio", type=float, default=1.0, help="synthetic pairs per labelled pair in (c)")
+    add(
+        "--synthetic-use",
+        choices=("mix", "pretrain"),
+        default="mix",
+        help="(c): shuffle synthetic and labelled pairs together, or pretrain on synthetic then fine-tune on labelled",
+    )
+    add(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="(c) with --synthetic-use pretrain: steps on the synthetic pairs (default: --unet-steps)",
+    )
     add("--batch-size", type=int, default=16, help="batch size of the U-Nets and the GAN")
     # segmentation (a) and (c)
     add("--unet-steps", type=int, default=800, help="optimizer steps of each U-Net")
@@ -114,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the PatchGAN's feature-matching loss (default 10; --discriminator-type patch only)",
     )
     add("--ema-decay", type=float, default=0.999)
+    add(
+        "--oracle",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also train (o): (c) with the real images of the new masks (a perfect generator's ceiling)",
+    )
     # output
     add("--grid-examples", type=int, default=16, help="(mask | generated) pairs in each PNG")
     add("--out", type=str, default="runs/synthetic_augmentation")
@@ -177,6 +204,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--fractions must lie in (0, 1] (a share of the pool's labels), got {fraction}")
     if len(set(args.fractions)) != len(args.fractions) or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--fractions and --seeds must not repeat, got {args.fractions} and {args.seeds}")
+    if args.pretrain_steps is not None and args.synthetic_use != "pretrain":
+        raise ValueError(
+            f"--pretrain-steps {args.pretrain_steps} needs --synthetic-use pretrain, got --synthetic-use "
+            f"{args.synthetic_use}"
+        )
+    if args.pretrain_steps is None:
+        args.pretrain_steps = args.unet_steps if args.synthetic_use == "pretrain" else 0
+    elif args.pretrain_steps < 1:
+        raise ValueError(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
     for name in ("num_train", "num_test", "batch_size", "unet_steps", "gan_steps", "grid_examples"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -251,10 +287,16 @@ def loader(dataset: Dataset, args: argparse.Namespace, shuffle: bool) -> DataLoa
 
 
 def train_unet(
-    seed: int, train_set: Dataset, test_set: Dataset, args: argparse.Namespace
+    seed: int,
+    train_set: Dataset,
+    test_set: Dataset,
+    args: argparse.Namespace,
+    pretrain_set: Dataset | None = None,
 ) -> dict[str, float]:
     """Fit the U-Net recipe for ``--unet-steps`` steps on ``train_set``; its test metrics (``test/mIoU``, per-class
-    ``test/IoU_<class>``, ...), its last training loss and the time taken."""
+    ``test/IoU_<class>``, ...), its last training loss and the time taken. With ``pretrain_set``, ``--pretrain-steps``
+    steps on it come first (their last loss is ``pretrain/loss``); the fine-tuning Trainer builds a fresh optimizer
+    and warm-up/cosine schedule, as fine-tuning from a checkpoint would."""
     start = time.perf_counter()
     lightning.seed_everything(seed, verbose=False)
     net = functools.partial(UNet, base_channels=args.unet_base_channels, depth=args.unet_depth)
@@ -266,12 +308,28 @@ def train_unet(
         warmup_steps=args.unet_warmup_steps,
         class_names=list(SHAPE_NAMES[: args.num_classes]),
     )
+    record: dict[str, float] = {}
+    if pretrain_set is not None:
+        pretrain = trainer(args, args.pretrain_steps)
+        pretrain.fit(task, loader(pretrain_set, args, shuffle=True))
+        record["pretrain/loss"] = float(pretrain.callback_metrics["train/loss"])
+        record["pretrain/steps"] = pretrain.global_step
     fit = trainer(args, args.unet_steps)
     fit.fit(task, loader(train_set, args, shuffle=True))
-    train_loss = float(fit.callback_metrics["train/loss"])
+    record["train/loss"] = float(fit.callback_metrics["train/loss"])
+    record["train/steps"] = fit.global_step  # this Trainer's steps only (a fresh Trainer counts from 0)
     (metrics,) = fit.test(task, loader(test_set, args, shuffle=False), verbose=False)
     scores = {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    return {**scores, "train/loss": train_loss, "seconds": time.perf_counter() - start}
+    return {**scores, **record, "seconds": time.perf_counter() - start}
+
+
+def train_with_extra(
+    seed: int, real: Dataset, extra: Dataset, test_set: Dataset, args: argparse.Namespace
+) -> dict[str, float]:
+    """(c) or (o): the U-Net recipe on the labelled pairs plus ``extra`` pairs, as ``--synthetic-use`` says."""
+    if args.synthetic_use == "mix":
+        return train_unet(seed, ConcatDataset([real, extra]), test_set, args)
+    return train_unet(seed, real, test_set, args, pretrain_set=extra)
 
 
 def _discriminator(
@@ -356,9 +414,10 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
     """The markdown table (a row per fraction) and its numbers."""
     rows = []
     lines = [
-        f"| fraction | labelled images | (a) real only mIoU | (c) real + synthetic mIoU (ratio "
-        f"{args.synthetic_ratio:g}) | (c) - (a) | seeds (c) > (a) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| fraction | labelled images | (a) real only mIoU | (c) real + synthetic mIoU ({args.synthetic_use}, "
+        f"ratio {args.synthetic_ratio:g}) | (c) - (a) | seeds (c) > (a) |"
+        + (" (o) real images for the new masks | (o) - (a) |" if args.oracle else ""),
+        "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if args.oracle else ""),
     ]
     for fraction in args.fractions:
         mine = [r for r in runs if r["fraction"] == fraction]
@@ -366,21 +425,25 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str
         synthetic = [r["with_synthetic"]["test/mIoU"] for r in mine]
         gains = [s - r for r, s in zip(real, synthetic)]
         wins = sum(g > 0 for g in gains)
-        rows.append(
-            {
-                "fraction": fraction,
-                "labelled": mine[0]["num_labelled"],
-                "real_only": real,
-                "with_synthetic": synthetic,
-                "gain": gains,
-                "wins": wins,
-                "seeds": len(mine),
-            }
-        )
-        lines.append(
+        row = {
+            "fraction": fraction,
+            "labelled": mine[0]["num_labelled"],
+            "real_only": real,
+            "with_synthetic": synthetic,
+            "gain": gains,
+            "wins": wins,
+            "seeds": len(mine),
+        }
+        line = (
             f"| {fraction:g} | {mine[0]['num_labelled']} | {mean_std(real)} | {mean_std(synthetic)} | "
             f"{mean_std(gains)} | {wins}/{len(mine)} |"
         )
+        if args.oracle:
+            row["oracle"] = [r["oracle"]["test/mIoU"] for r in mine]
+            row["oracle_gain"] = [o - r for r, o in zip(real, row["oracle"])]
+            line += f" {mean_std(row['oracle'])} | {mean_std(row['oracle_gain'])} |"
+        rows.append(row)
+        lines.append(line)
     return "\n".join(lines), rows
 
 
@@ -426,10 +489,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 real = TensorDataset(*train_items.stack(labelled))
                 real_only = train_unet(seed, real, test_set, args)  # (a)
                 gan, gan_record = train_gan(seed, real, args)  # (b)
-                _, masks = train_items.stack(new_masks)  # their images are never looked at
+                real_images, masks = train_items.stack(new_masks)  # the images only for --oracle
                 images = synthesise(gan, masks, seed)  # (N, 3, H, W), data normalisation
-                synthetic = TensorDataset(images, masks)
-                with_synthetic = train_unet(seed, ConcatDataset([real, synthetic]), test_set, args)  # (c)
+                with_synthetic = train_with_extra(
+                    seed, real, TensorDataset(images, masks), test_set, args
+                )  # (c)
                 if seed == args.seeds[0]:
                     save_grid(out / f"samples_fraction{fraction:g}.png", masks, images, args.grid_examples)
                 run = {
@@ -443,12 +507,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "labelled_indices": labelled,
                     "mask_indices": new_masks,
                 }
+                if args.oracle:  # (o): the same recipe with the true images of the new masks
+                    run["oracle"] = train_with_extra(
+                        seed, real, TensorDataset(real_images, masks), test_set, args
+                    )
                 runs.append(run)
-                seconds = [r["seconds"] for r in (real_only, gan_record, with_synthetic)]
+                arms = {"a": real_only, "b": gan_record, "c": with_synthetic, "o": run.get("oracle")}
+                scores = ", ".join(f"({k}) {v['test/mIoU']:.4f}" for k, v in arms.items() if k != "b" and v)
+                times = ", ".join(f"({k}) {v['seconds']:.0f} s" for k, v in arms.items() if v)
                 print(
                     f"fraction {fraction:g} seed {seed}: {len(labelled)} labelled + {len(new_masks)} synthetic; "
-                    f"mIoU (a) {real_only['test/mIoU']:.4f}, (c) {with_synthetic['test/mIoU']:.4f}; "
-                    "(a) {:.0f} s, (b) {:.0f} s, (c) {:.0f} s".format(*seconds),
+                    f"mIoU {scores}; {times}",
                     file=sys.stderr,
                     flush=True,
                 )
