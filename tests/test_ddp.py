@@ -269,6 +269,19 @@ def generator_states(task: LightningModule) -> dict[str, Tensor]:
     }
 
 
+def rank_draws(task: LightningModule) -> dict[str, Tensor]:
+    """A training step's random draws on this rank, still attached to the DDP Trainer: the generator noise (GAN,
+    mask-to-image), the reparameterisation noise (VAE, in training mode) and DiffAugment's parameters."""
+    draws = {}
+    task.train()
+    if isinstance(task, GANTask):
+        draws["noise"] = task._noise(3)  # (3, latent_dim)
+        draws["augment"] = torch.rand(4, generator=task.per_rank_generator(task.augment_rng))
+    if isinstance(task, VAETask):
+        draws["noise"] = task._noise((3, task.hparams.latent_dim))
+    return draws
+
+
 def train_every_family_on_this_rank(out: str) -> None:
     """The subprocess (both ranks): fit each family for one short epoch with a validation at its end, then save this
     rank's state and validation metrics to ``<out>/<family>_rank<r>.pt``."""
@@ -281,10 +294,14 @@ def train_every_family_on_this_rank(out: str) -> None:
         trainer = quiet_trainer(Path(out), devices=WORLD, strategy="ddp", max_epochs=1)
         trainer.fit(task, family.train_loader(), family.loader(family.val_set()))
         rank = trainer.global_rank
+        generators = generator_states(task)  # as validation left them: the reference validation starts there
+        draws = rank_draws(task)
         torch.save(
             {
                 "state": task.state_dict(),
-                "generators": generator_states(task),
+                "draws": draws,
+                "generators_after_draws": generator_states(task),
+                "generators": generators,
                 "metrics": {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
             },
             Path(out) / f"{name}_rank{rank}.pt",
@@ -355,6 +372,14 @@ def test_two_process_ddp_ends_with_identical_ranks_and_reduces_validation_metric
     assert not differ, f"{name}: after DDP training the ranks hold different tensors: {differ[:10]}"
     for key, value in rank0["generators"].items():
         assert torch.equal(value, rank1["generators"][key]), f"{name}: the ranks' {key} states differ"
+    # ... yet they draw different noise and augmentations from those shared streams (else a GAN's G would see
+    # one batch of fakes WORLD times, and DDP would not grow its batch)
+    for key, value in rank0["generators_after_draws"].items():
+        assert torch.equal(value, rank1["generators_after_draws"][key]), f"{name}: drawing moved {key} apart"
+    for key, value in rank0["draws"].items():
+        assert value.shape == rank1["draws"][key].shape
+        assert not torch.equal(value, rank1["draws"][key]), f"{name}: both ranks drew the same {key}"
+    assert rank0["draws"] or name in ("segmentation", "instance", "vqvae")
 
     # 2. it trained: every submodule with float state moved away from the (shared, seeded) initialisation
     torch.manual_seed(0)

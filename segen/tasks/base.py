@@ -95,6 +95,32 @@ class SegenTask(LightningModule):
         if self.nan_policy == "skip":
             self._buffers_before = [(b, b.detach().clone()) for b in self.buffers() if b.is_floating_point()]
 
+    # ------------------------------------------------------------------ random draws under DDP
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def per_rank_randn(self, rng: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+        """``randn(shape)`` from the CPU generator ``rng`` on the task's device, different on every DDP rank.
+
+        A task's noise stream must stay identical on all ranks (rank 0's state is the one checkpointed), yet the
+        ranks must not draw the same noise: a generator would then see one batch of fakes ``world_size`` times and
+        DDP would add nothing to its batch. So every rank draws the whole world's ``(world_size * B, ...)`` and keeps
+        its own rows. In one process this is exactly ``torch.randn(shape, generator=rng)``."""
+        rank, world = self._rank_and_world()
+        n = shape[0]
+        noise = torch.randn((world * n, *shape[1:]), generator=rng)[rank * n : (rank + 1) * n]  # shape
+        return noise.to(self.device, non_blocking=True)
+
+    def per_rank_generator(self, rng: torch.Generator) -> torch.Generator:
+        """A CPU generator for this rank's draws of one step, seeded from the shared stream ``rng`` (which advances
+        alike on all ranks, see :meth:`per_rank_randn`); in one process ``rng`` itself."""
+        rank, world = self._rank_and_world()
+        if world == 1:
+            return rng
+        seeds = torch.randint(0, 2**62, (world,), generator=rng)
+        return torch.Generator().manual_seed(int(seeds[rank]))
+
     # ------------------------------------------------------------------ non-finite losses
     @property
     def nan_policy(self) -> str:

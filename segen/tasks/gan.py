@@ -197,6 +197,8 @@ class GANTask(SampleQualityHooks, SegenTask):
         self.register_buffer("fixed_labels", labels.long())
         # Training noise comes from the task's own generator, whose state is checkpointed: exact resume.
         self.noise_rng = torch.Generator().manual_seed(seed)
+        # DiffAugment's draws: its own checkpointed stream, so resuming repeats them and the global RNG is untouched
+        self.augment_rng = torch.Generator().manual_seed(seed + 2)
         self.generator_steps = 0
         self.discriminator_steps = 0
         # FID/KID live outside the module tree: their feature network must not enter checkpoints (see setup)
@@ -232,11 +234,11 @@ class GANTask(SampleQualityHooks, SegenTask):
 
     # ------------------------------------------------------------------ losses (override points)
     def _noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.latent_dim, generator=self.noise_rng).to(self.device, non_blocking=True)
+        return self.per_rank_randn(self.noise_rng, (n, self.latent_dim))  # (n, latent_dim), this rank's rows
 
     def _d(self, images: Tensor, labels: Tensor | None) -> Tensor:
         if self.augment:
-            images = diff_augment(images, self.augment)
+            images = diff_augment(images, self.augment, self.per_rank_generator(self.augment_rng))
         return self.discriminator(images, labels) if self.num_classes else self.discriminator(images)
 
     def discriminator_loss(self, real: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
@@ -313,6 +315,27 @@ class GANTask(SampleQualityHooks, SegenTask):
         flat /= dist.get_world_size()
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(synced)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self._average_buffers(self.generator, self.discriminator, self.generator_ema)
+
+    @torch.no_grad()
+    def _average_buffers(self, *modules: nn.Module | None) -> None:
+        """Average the floating-point buffers (BatchNorm running statistics) of ``modules`` over ranks, in one flat
+        all_reduce after every iteration. Each rank's nets see their own real shard and their own noise, so running
+        statistics drift apart within an iteration; averaged, every rank validates and checkpoints the same nets,
+        with statistics of the whole global batch."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        buffers = [b for m in modules if m is not None for b in m.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = _flatten_dense_tensors(buffers)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for buffer, synced in zip(buffers, _unflatten_dense_tensors(flat, buffers)):
+            buffer.copy_(synced)
 
     @contextmanager
     def _scaler_update_deferred(self, defer: bool) -> Iterator[None]:
@@ -446,6 +469,7 @@ class GANTask(SampleQualityHooks, SegenTask):
             "generator_steps": self.generator_steps,
             "discriminator_steps": self.discriminator_steps,
             "noise_rng": self.noise_rng.get_state(),
+            "augment_rng": self.augment_rng.get_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -455,3 +479,5 @@ class GANTask(SampleQualityHooks, SegenTask):
             self.generator_steps = int(state["generator_steps"])
             self.discriminator_steps = int(state["discriminator_steps"])
             self.noise_rng.set_state(state["noise_rng"])
+            if "augment_rng" in state:  # checkpoints written before DiffAugment had its own stream
+                self.augment_rng.set_state(state["augment_rng"])

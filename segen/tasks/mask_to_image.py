@@ -424,12 +424,13 @@ class MaskToImageTask(GANTask):
         if not self.augment:
             return images, masks
         c = images.shape[1]
+        rng = self.per_rank_generator(self.augment_rng)
         pair = torch.cat([images, masks.to(images.dtype)], dim=1)  # (B, C + K, H, W)
         for name in self.augment:
             if name == "color":
-                pair = torch.cat([DIFFAUGMENT_OPS["color"](pair[:, :c]), pair[:, c:]], dim=1)
+                pair = torch.cat([DIFFAUGMENT_OPS["color"](pair[:, :c], rng), pair[:, c:]], dim=1)
             else:
-                pair = DIFFAUGMENT_OPS[name](pair)
+                pair = DIFFAUGMENT_OPS[name](pair, rng)
         return pair[:, :c], pair[:, c:].to(masks.dtype)
 
     def _discriminate(self, images: Tensor, masks: Tensor) -> Any:

@@ -136,6 +136,9 @@ class VAETask(SampleQualityHooks, SegenTask):
         return output.float().clamp(-1, 1)
 
     def _noise(self, shape: tuple[int, ...]) -> Tensor:
+        if self.training:  # each DDP rank its own rows of the shared stream (see SegenTask.per_rank_randn)
+            return self.per_rank_randn(self.noise_rng, shape)
+        # evaluation: the same draws on every rank, so a rank's metrics equal one process's on the same batches
         return torch.randn(shape, generator=self.noise_rng).to(self.device, non_blocking=True)
 
     def _log_scale(self) -> Tensor | float:

@@ -97,6 +97,22 @@ def test_diffaugment_keeps_shape_and_passes_gradients():
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_diffaugment_draws_from_a_given_generator_and_leaves_the_global_rng_alone():
+    x = torch.randn(6, 3, 16, 16)
+    policy = "color,translation,cutout"
+    global_state = torch.get_rng_state()
+    first = diff_augment(x, policy, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), global_state)  # data loading and dropout draw from it
+    assert torch.equal(
+        first, diff_augment(x, policy, torch.Generator().manual_seed(5))
+    )  # a resume repeats it
+    assert not torch.equal(first, diff_augment(x, policy, torch.Generator().manual_seed(6)))
+    assert not torch.equal(first, x)
+    # one shared stream gives each call new parameters
+    rng = torch.Generator().manual_seed(5)
+    assert not torch.equal(diff_augment(x, policy, rng), diff_augment(x, policy, rng))
+
+
 def test_translation_shifts_content_with_zero_fill():
     torch.manual_seed(1)
     x = torch.ones(8, 1, 16, 16)

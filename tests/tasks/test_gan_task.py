@@ -165,14 +165,15 @@ def test_checkpoint_restores_the_whole_training_state(tmp_path):
 
 
 def test_resume_from_an_epoch_checkpoint_equals_the_unbroken_run(tmp_path):
-    """2 epochs unbroken == 1 epoch, checkpoint, resume for the 2nd: same batches, noise, optimizers and EMA."""
+    """2 epochs unbroken == 1 epoch, checkpoint, resume for the 2nd: same batches, noise, DiffAugment draws,
+    optimizers and EMA."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from segen import DigitsDataModule
 
     def run(ckpt: str | None = None) -> GANTask:
         torch.manual_seed(123 if ckpt is None else 456)  # the checkpoint must override the initialisation
-        gan = task(ema_decay=0.99, num_classes=10, diffaugment=None)
+        gan = task(ema_decay=0.99, num_classes=10, diffaugment="color,translation,cutout")
         fit = trainer(
             tmp_path,
             max_epochs=2,
