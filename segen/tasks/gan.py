@@ -309,12 +309,7 @@ class GANTask(SampleQualityHooks, SegenTask):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(synced)
+        _all_reduce_mean_([p.grad for p in params])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
@@ -329,13 +324,8 @@ class GANTask(SampleQualityHooks, SegenTask):
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         buffers = [b for m in modules if m is not None for b in m.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = _flatten_dense_tensors(buffers)
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for buffer, synced in zip(buffers, _unflatten_dense_tensors(flat, buffers)):
-            buffer.copy_(synced)
+        if buffers:
+            _all_reduce_mean_(buffers)
 
     @contextmanager
     def _scaler_update_deferred(self, defer: bool) -> Iterator[None]:
@@ -481,3 +471,12 @@ class GANTask(SampleQualityHooks, SegenTask):
             self.noise_rng.set_state(state["noise_rng"])
             if "augment_rng" in state:  # checkpoints written before DiffAugment had its own stream
                 self.augment_rng.set_state(state["augment_rng"])
+
+
+def _all_reduce_mean_(tensors: list[Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks, in one flat all_reduce (one message, not one per tensor)."""
+    flat = _flatten_dense_tensors(tensors)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+        tensor.copy_(synced)
