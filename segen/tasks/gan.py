@@ -303,7 +303,7 @@ class GANTask(SampleQualityHooks, SegenTask):
 
     def _average_gradients(self, module: nn.Module) -> None:
         """Average the gradients of ``module`` over ranks in one flat all_reduce (missing gradients count as 0)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not _distributed():
             return
         params = [p for p in module.parameters() if p.requires_grad]
         for p in params:
@@ -321,7 +321,7 @@ class GANTask(SampleQualityHooks, SegenTask):
         all_reduce after every iteration. Each rank's nets see their own real shard and their own noise, so running
         statistics drift apart within an iteration; averaged, every rank validates and checkpoints the same nets,
         with statistics of the whole global batch."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not _distributed():
             return
         buffers = [b for m in modules if m is not None for b in m.buffers() if b.is_floating_point()]
         if buffers:
@@ -480,3 +480,8 @@ def _all_reduce_mean_(tensors: list[Tensor]) -> None:
     flat /= dist.get_world_size()
     for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
         tensor.copy_(synced)
+
+
+def _distributed() -> bool:
+    """Whether a process group of more than one rank is running (the GAN tasks' own all-reduces are needed)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
