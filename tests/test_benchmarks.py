@@ -124,7 +124,7 @@ def test_gpu_rows_code_path_runs_on_the_cpu(bench, one_thread):
     from _overhead import quiet
 
     with quiet():
-        results = _gpu.speed_benchmark(2, 1, 1, True, "cpu", options=("bf16-mixed", "channels_last"))
+        results = _gpu.speed_benchmark(2, 1, 1, "tiny", "cpu", options=("bf16-mixed", "channels_last"))
     assert [r.option for r in results] == ["bf16-mixed", "channels_last"]
     for result in results:
         assert math.isfinite(result.ratio) and result.ratio > 0

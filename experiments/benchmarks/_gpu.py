@@ -64,9 +64,14 @@ class SpeedResult(NamedTuple):
 
 
 def speed_benchmark(
-    steps: int, warmup: int, repeats: int, tiny: bool, device: str, options: Sequence[str] = tuple(OPTIONS)
+    steps: int,
+    warmup: int,
+    repeats: int,
+    size_name: str,
+    device: str,
+    options: Sequence[str] = tuple(OPTIONS),
 ) -> list[SpeedResult]:
-    size = SEG_SIZES[tiny]
+    size = SEG_SIZES[size_name]
     build = functools.partial(build_seg_task, size["base_channels"], size["depth"])
     batches = shapes_batches(warmup + steps, size["batch_size"], size["image_size"])
 

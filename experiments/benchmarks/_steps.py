@@ -87,9 +87,12 @@ def digits_batches(n: int, batch_size: int, image_size: int) -> list[Batch]:
 
 
 # ---------------------------------------------------------------------------------------------------- U-Net
+# Sizes by name: "cpu" is the measurement on 2 CPU cores, "gpu" loads a GPU enough that kernel launches do not
+# dominate every step, "tiny" is the tests' smoke run.
 SEG_SIZES = {
-    False: dict(image_size=64, batch_size=16, base_channels=16, depth=4),
-    True: dict(image_size=16, batch_size=4, base_channels=4, depth=2),
+    "cpu": dict(image_size=64, batch_size=16, base_channels=16, depth=4),
+    "gpu": dict(image_size=128, batch_size=32, base_channels=32, depth=4),
+    "tiny": dict(image_size=16, batch_size=4, base_channels=4, depth=2),
 }
 SEG_LR, SEG_WARMUP = 2e-3, 10
 
@@ -149,8 +152,8 @@ def run_plain_seg(
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def seg_benchmark(steps: int, tiny: bool) -> StepBenchmark:
-    size = SEG_SIZES[tiny]
+def seg_benchmark(steps: int, size_name: str) -> StepBenchmark:
+    size = SEG_SIZES[size_name]
     build = functools.partial(build_seg_task, size["base_channels"], size["depth"])
     return StepBenchmark(
         name="U-Net step",
@@ -163,8 +166,9 @@ def seg_benchmark(steps: int, tiny: bool) -> StepBenchmark:
 
 # ---------------------------------------------------------------------------------------------------- DCGAN
 GAN_SIZES = {
-    False: dict(image_size=32, batch_size=64, base_channels=32, latent_dim=64),
-    True: dict(image_size=16, batch_size=8, base_channels=8, latent_dim=8),
+    "cpu": dict(image_size=32, batch_size=64, base_channels=32, latent_dim=64),
+    "gpu": dict(image_size=32, batch_size=256, base_channels=64, latent_dim=128),
+    "tiny": dict(image_size=16, batch_size=8, base_channels=8, latent_dim=8),
 }
 
 
@@ -232,8 +236,8 @@ def run_plain_gan(
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def gan_benchmark(steps: int, tiny: bool) -> StepBenchmark:
-    size = GAN_SIZES[tiny]
+def gan_benchmark(steps: int, size_name: str) -> StepBenchmark:
+    size = GAN_SIZES[size_name]
     build = functools.partial(build_gan_task, size["image_size"], size["base_channels"], size["latent_dim"])
     return StepBenchmark(
         name="DCGAN iteration (D + G step)",
@@ -248,8 +252,9 @@ def gan_benchmark(steps: int, tiny: bool) -> StepBenchmark:
 
 # ---------------------------------------------------------------------------------------------------- VAE
 VAE_SIZES = {
-    False: dict(image_size=32, batch_size=64, latent_dim=16, base_channels=32),
-    True: dict(image_size=16, batch_size=8, latent_dim=4, base_channels=8),
+    "cpu": dict(image_size=32, batch_size=64, latent_dim=16, base_channels=32),
+    "gpu": dict(image_size=32, batch_size=256, latent_dim=32, base_channels=64),
+    "tiny": dict(image_size=16, batch_size=8, latent_dim=4, base_channels=8),
 }
 VAE_LR, VAE_WARMUP = 1e-3, 10
 
@@ -291,8 +296,8 @@ def run_plain_vae(build: Callable[[], VAETask], batches: Sequence[Batch], warmup
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def vae_benchmark(steps: int, tiny: bool) -> StepBenchmark:
-    size = VAE_SIZES[tiny]
+def vae_benchmark(steps: int, size_name: str) -> StepBenchmark:
+    size = VAE_SIZES[size_name]
     build = functools.partial(build_vae_task, size["image_size"], size["latent_dim"], size["base_channels"])
     return StepBenchmark(
         name="VAE step",
@@ -304,13 +309,16 @@ def vae_benchmark(steps: int, tiny: bool) -> StepBenchmark:
 
 
 # ---------------------------------------------------------------------------------------------------- VQ-VAE
-# The full size is experiments/configs/vqvae_digits.yaml's model; tiny restarts dead codes every 2 steps so that the
+# The cpu size is experiments/configs/vqvae_digits.yaml's model; tiny restarts dead codes every 2 steps so that the
 # test covers the restarts too (the quantiser's default is every 100 steps).
 VQ_SIZES = {
-    False: dict(
+    "cpu": dict(
         image_size=32, batch_size=64, num_embeddings=128, embedding_dim=32, hidden=64, restart_every=100
     ),
-    True: dict(image_size=16, batch_size=8, num_embeddings=16, embedding_dim=8, hidden=16, restart_every=2),
+    "gpu": dict(
+        image_size=32, batch_size=256, num_embeddings=512, embedding_dim=64, hidden=128, restart_every=100
+    ),
+    "tiny": dict(image_size=16, batch_size=8, num_embeddings=16, embedding_dim=8, hidden=16, restart_every=2),
 }
 VQ_LR, VQ_WARMUP = 1e-3, 10
 
@@ -390,8 +398,8 @@ def run_plain_vq(build: Callable[[], VQVAETask], batches: Sequence[Batch], warmu
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def vq_benchmark(steps: int, tiny: bool) -> StepBenchmark:
-    size = VQ_SIZES[tiny]
+def vq_benchmark(steps: int, size_name: str) -> StepBenchmark:
+    size = VQ_SIZES[size_name]
     build = functools.partial(
         build_vq_task,
         size["image_size"],
@@ -412,7 +420,7 @@ def vq_benchmark(steps: int, tiny: bool) -> StepBenchmark:
     )
 
 
-STEP_BENCHMARKS: dict[str, Callable[[int, bool], StepBenchmark]] = {
+STEP_BENCHMARKS: dict[str, Callable[[int, str], StepBenchmark]] = {
     "seg": seg_benchmark,
     "gan": gan_benchmark,
     "vae": vae_benchmark,

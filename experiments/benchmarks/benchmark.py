@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers below, also when imported by the tests
 
@@ -110,17 +111,24 @@ def machine(device: str) -> str:
 
 
 def step_rows(name: str, args: argparse.Namespace) -> list[Row]:
-    bench = STEP_BENCHMARKS[name](args.warmup + args.steps, args.tiny)
+    bench = STEP_BENCHMARKS[name](args.warmup + args.steps, args.size)
     device = args.device
     kind = torch.device(device).type
     accelerator = "gpu" if kind == "cuda" else "cpu"
     goal, tolerance = STEP_GOAL[kind], STEP_TOLERANCE[kind]
+
+    def build() -> Any:
+        task = bench.build_task()
+        if args.nan_policy is not None:
+            task.hparams["nan_policy"] = args.nan_policy
+        return task
+
     rows = []
     for barebones in (False, True):
         result = compare(
             lambda: bench.run_plain(bench.batches, args.warmup, device),
             lambda barebones=barebones: timed_fit(
-                bench.build_task(),
+                build(),
                 bench.batches,
                 args.warmup,
                 barebones=barebones,
@@ -234,7 +242,7 @@ def gpu_rows(args: argparse.Namespace) -> list[Row]:
             for name in OPTIONS
         ]
     rows = []
-    for result in speed_benchmark(args.steps, args.warmup, args.repeats, args.tiny, args.device):
+    for result in speed_benchmark(args.steps, args.warmup, args.repeats, args.size, args.device):
         rows.append(
             Row(
                 benchmark=f"{result.option} speed-up in segen / in the plain loop (U-Net, default Trainer)",
@@ -267,6 +275,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tiny", action="store_true", help="tiny sizes (16 px, 3 steps): checks, not timings"
     )
     parser.add_argument(
+        "--size",
+        choices=("cpu", "gpu"),
+        help="model and batch sizes of the step and gpu rows (default: gpu on cuda, else cpu; --tiny: tiny)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=0, help="DataLoader workers of the data row (default 0)"
     )
     parser.add_argument(
@@ -274,14 +287,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda (default: cuda if any)",
     )
+    parser.add_argument(
+        "--nan-policy",
+        choices=("off", "raise", "skip"),
+        help="the tasks' nan_policy in the step rows (default: the tasks' own, 'raise'); 'off' shows the guard's cost",
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic GPU kernels, for the Δ columns on a GPU (atomics otherwise make the runs drift apart)",
+    )
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
+    if args.tiny and args.size is not None:
+        parser.error("--tiny sets the sizes; give --size or --tiny, not both")
+    if args.size is None:
+        args.size = "tiny" if args.tiny else ("gpu" if torch.device(args.device).type == "cuda" else "cpu")
     defaults = (3, 1, 1) if args.tiny else (50, 5, 3)
     for name, default in zip(("steps", "warmup", "repeats"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    if args.deterministic:
+        os.environ.setdefault(
+            "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+        )  # read when cuBLAS starts: before any GPU work
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     return args
 
 
@@ -305,9 +338,13 @@ def main(argv: Sequence[str] | None = None) -> str:
             print(
                 f"[{name}] {time.perf_counter() - start:.0f} s, ratios {ratios}", file=sys.stderr, flush=True
             )
+    notes = [f"{args.size} sizes"]
+    notes += [f"nan_policy={args.nan_policy}"] if args.nan_policy else []
+    notes += ["deterministic kernels"] if args.deterministic else []
+    notes += ["--tiny: a smoke test, not a measurement"] if args.tiny else []
     caption = (
         f"Measured on {machine(args.device)}. {args.warmup} warm-up + {args.steps} timed steps, best of "
-        f"{args.repeats} alternating runs{' (--tiny: a smoke test, not a measurement)' if args.tiny else ''}."
+        f"{args.repeats} alternating runs ({'; '.join(notes)})."
     )
     table = f"{caption}\n\n{markdown(rows)}\n"
     print(table)
