@@ -49,6 +49,7 @@ from segen.data import (
     VOCDataModule,
 )
 from segen.losses import build_loss
+from segen.losses.segmentation import check_target_values
 from segen.nets.deeplab import build_backbone
 
 # ============================================================================================ batches
@@ -68,6 +69,26 @@ def _m2i_step(images: torch.Tensor, masks: torch.Tensor) -> None:
 
 def _long(*shape: int, value: int = 0) -> torch.Tensor:
     return torch.full(shape, value, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "masks, message",
+    [
+        (torch.tensor([[0, 1, 255]]), None),  # ignore_index: past the aminmax shortcut, still valid
+        (torch.tensor([[255, 255]]), None),
+        (torch.tensor([[0, 2]], dtype=torch.uint8), None),
+        (torch.zeros(0, 4, 4, dtype=torch.long), None),
+        (torch.tensor([[0, 255, 3]]), r"target holds class 3, but the loss has num_classes=3"),
+        (torch.tensor([[254, 255]], dtype=torch.uint8), r"target holds class 254"),
+        (torch.tensor([[-2, 0]], dtype=torch.int16), r"target holds class -2"),
+    ],
+)
+def test_mask_value_check_accepts_valid_masks_and_names_bad_values(masks, message):
+    if message is None:
+        check_target_values(masks, 3, 255)
+    else:
+        with pytest.raises(ValueError, match=message):
+            check_target_values(masks, 3, 255)
 
 
 BATCH_CASES = {
@@ -448,6 +469,20 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_part(family, tmp_path)
     assert "nan_policy='skip'" in message
     # the forward pass may have written NaN into normalisation statistics; the parameters were not updated
     assert _all_finite(task, buffers=False), "the NaN step must not reach the weights"
+
+
+def test_a_nan_loss_under_gradient_accumulation_stops_before_the_accumulated_update(tmp_path):
+    """The "raise" check is read at the optimizer step (after backward): with two batches per step, a NaN in the
+    first one is reported with its own batch index and never reaches the weights."""
+    torch.manual_seed(0)
+    task, data = FAMILIES["segmentation"]()
+    trainer = quiet_trainer(
+        tmp_path, max_steps=2, limit_val_batches=0, accumulate_grad_batches=2, callbacks=[PoisonBatches({0})]
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at training step 0 \(epoch 0, batch 0\)"):
+        trainer.fit(task, data)
+    assert trainer.global_step == 0
+    assert _all_finite(task, buffers=False)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -14,7 +14,8 @@ A sync issued inside C++ without passing through these Python entry points is no
 ``torch.cuda.set_sync_debug_mode("warn")`` sees those too. Each failure lists the calls by site.
 
 The non-finite-loss guard (``nan_policy``, :mod:`segen.tasks.base`) reads one boolean per optimizer step by design:
-with ``nan_policy="off"`` a step has no sync at all, and with the default it has exactly that one.
+with ``nan_policy="off"`` a step has no sync at all; with the default (``"raise"``) it has exactly that one, in
+``on_before_optimizer_step`` after backward has been queued, and with ``"skip"`` the same one before backward.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SyncCounter:
     def __init__(self) -> None:
         self.inside = False
         self.calls: Counter[tuple[str, str, str]] = Counter()  # (what, innermost site, segen caller)
+        self.hooks: list[str] = []  # the watched hooks running now, innermost last
+        self.by_hook: Counter[str] = Counter()  # calls by the innermost watched hook they were made in
 
     def record(self, what: str) -> None:
         stack = [f for f in traceback.extract_stack()[:-2] if f.filename != THIS_FILE]
@@ -62,6 +65,7 @@ class SyncCounter:
         segen_frames = [f for f in stack if f.filename.startswith(ROOTS["segen"])]
         via = self.where(segen_frames[-1]) if segen_frames and segen_frames[-1] is not innermost else ""
         self.calls[(what, self.where(innermost), via)] += 1
+        self.by_hook[self.hooks[-1] if self.hooks else "?"] += 1
 
     @staticmethod
     def where(frame: traceback.FrameSummary) -> str:
@@ -139,19 +143,23 @@ class SyncCounter:
             for owner, name, original in reversed(originals):
                 setattr(owner, name, original)
 
-    def watch(self, task: LightningModule) -> None:
-        """Count while ``task.training_step`` runs (an instance attribute, so Lightning calls it)."""
-        step = task.training_step
+    def watch(self, task: LightningModule, hooks: tuple[str, ...] = ("training_step",)) -> None:
+        """Count while one of ``hooks`` of ``task`` runs (instance attributes, so Lightning calls them)."""
+        for name in hooks:
+            setattr(task, name, self._watched(name, getattr(task, name)))
 
-        @functools.wraps(step)
-        def training_step(*args: Any, **kwargs: Any) -> Any:
+    def _watched(self, name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(hook)
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            self.hooks.append(name)
             self.inside = True
             try:
-                return step(*args, **kwargs)
+                return hook(*args, **kwargs)
             finally:
-                self.inside = False
+                self.hooks.pop()
+                self.inside = bool(self.hooks)
 
-        task.training_step = training_step
+        return watched
 
 
 def run_steps(
@@ -159,12 +167,13 @@ def run_steps(
     tmp_path: Path,
     max_steps: int = 2,
     nan_policy: str = "off",
+    hooks: tuple[str, ...] = ("training_step",),
 ) -> SyncCounter:
     torch.manual_seed(0)
     task, data = build()
     task.hparams["nan_policy"] = nan_policy
     counter = SyncCounter()
-    counter.watch(task)
+    counter.watch(task, hooks)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=max_steps,
@@ -234,12 +243,22 @@ def test_training_step_does_not_sync(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["segmentation", "gan", "vqvae"])
-def test_the_default_nan_guard_reads_one_boolean_per_optimizer_step(family, tmp_path):
-    counter = run_steps(FAMILIES[family], tmp_path, max_steps=2, nan_policy="raise")
+def test_the_default_nan_guard_reads_one_boolean_per_optimizer_step_after_backward(family, tmp_path):
+    hooks = ("training_step", "on_before_optimizer_step")
+    counter = run_steps(FAMILIES[family], tmp_path, max_steps=2, nan_policy="raise", hooks=hooks)
     assert len(counter.calls) == 1, report(counter)
     (what, site, _), count = next(iter(counter.calls.items()))
     assert what == "Tensor.__bool__" and site.startswith("segen/tasks/base.py"), report(counter)
     assert count == 2, report(counter)  # two optimizer steps (one D and one G step for the GAN)
+    # read once backward has been queued, not between forward and backward (the GAN steps inside training_step)
+    assert counter.by_hook == {"on_before_optimizer_step": 2}, (counter.by_hook, report(counter))
+
+
+def test_the_skip_policy_reads_its_boolean_before_backward(tmp_path):
+    """``"skip"`` must decide whether backward runs at all, so its read stays inside ``training_step``."""
+    hooks = ("training_step", "on_before_optimizer_step")
+    counter = run_steps(FAMILIES["segmentation"], tmp_path, max_steps=2, nan_policy="skip", hooks=hooks)
+    assert counter.by_hook == {"training_step": 2}, (counter.by_hook, report(counter))
 
 
 def test_mask_rcnn_syncs_only_inside_torchvision(tmp_path):

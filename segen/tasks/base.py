@@ -10,7 +10,9 @@ saying which file or which setting is the cause. :class:`SegenTask` closes both 
   every checkpoint stay finite; ``"skip"`` drops that optimizer step instead (no backward, no update) and counts it in
   ``train/skipped_steps``, and still raises after :attr:`SegenTask.max_consecutive_skips` skips in a row (a diverged
   run, not a bad batch); ``"off"`` checks nothing. The check reads one boolean from the device per optimizer step
-  (one host-device sync); ``"off"`` is the way to a training step without any.
+  (one host-device sync): under ``"raise"`` after backward, in ``on_before_optimizer_step``, so the GPU is never left
+  idle while Python queues the backward pass; under ``"skip"`` before backward (a skipped step runs none).
+  ``"off"`` is the way to a training step without any.
 - **Checkpoint fit**: a checkpoint records the class that wrote it. Loading it into another task class, through
   ``load_from_checkpoint`` or the Trainer's ``ckpt_path``, raises :class:`CheckpointMismatchError` naming both
   classes; a checkpoint of the same class with other shapes (another ``num_classes``, another net) raises the same
@@ -28,6 +30,10 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from segen.registry import lookup
+
+_Check = tuple[
+    str, dict[str, Tensor], Tensor, str
+]  # (loss name, its detached parts, finite flag on device, where)
 
 __all__ = [
     "NAN_POLICIES",
@@ -87,6 +93,7 @@ class SegenTask(LightningModule):
         self.skipped_steps = 0  # non-finite steps dropped under nan_policy="skip" (saved in checkpoints)
         self._consecutive_skips = 0
         self._buffers_before: list[tuple[Tensor, Tensor]] = []  # (buffer, copy) at the start of the step
+        self._pending_checks: list[_Check] = []  # "raise" checks not read yet (see loss_is_usable)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Under ``nan_policy="skip"``, copy the floating-point buffers (BatchNorm statistics, EMA codebooks): the
@@ -133,25 +140,50 @@ class SegenTask(LightningModule):
         ``train/skipped_steps``) and return ``False``. ``name`` says which loss this is in the message (``loss_d``
         for a GAN's discriminator). Under DDP the ranks agree (one boolean all-reduce), so all of them skip or raise
         together and no rank waits in a gradient all-reduce that the others never join.
+
+        Under ``"raise"`` inside a Trainer this returns ``True`` at once and the boolean is read later, in
+        :meth:`on_before_optimizer_step` (after backward, before the weights change): a read here, between forward and
+        backward, would leave the GPU idle while Python queues the whole backward pass. ``"skip"`` must know now
+        whether to run backward at all, so it reads here.
         """
         policy = self.nan_policy
         if policy == "off":
             return True
-        values = [value.detach() for value in parts.values()]
-        finite = bool(
-            torch.stack([torch.isfinite(v).all() for v in values]).all()
-        )  # the one host-device sync
+        values = {key: value.detach() for key, value in parts.items()}
+        finite = torch.stack(
+            [torch.isfinite(v).all() for v in values.values()]
+        ).all()  # on the device, no sync
+        if policy == "raise" and self._trainer is not None:
+            self._pending_checks.append((name, values, finite, self._where()))
+            return True
+        return self._settle([(name, values, finite, self._where())])
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Read the ``"raise"`` checks of the losses behind this optimizer step (one host-device sync): backward has
+        been queued, the update not yet, so a non-finite loss still never reaches the weights. A subclass that
+        overrides this hook calls ``super().on_before_optimizer_step(optimizer)``."""
+        self.settle_loss_checks()
+
+    def on_train_epoch_end(self) -> None:
+        self.settle_loss_checks()  # losses of an accumulation that no optimizer step followed
+
+    def settle_loss_checks(self) -> None:
+        """Read the pending ``"raise"`` checks now (see :meth:`loss_is_usable`); raise if one was not finite."""
+        if self._pending_checks:
+            pending, self._pending_checks = self._pending_checks, []
+            self._settle(pending)
+
+    def _settle(self, checks: list[_Check]) -> bool:
+        finite = bool(torch.stack([flag for _, _, flag, _ in checks]).all())  # the one host-device sync
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self._consecutive_skips = 0
             return True
-        bad = [
-            f"{key}={_describe(v)}"
-            for key, v in zip(parts, values, strict=True)
-            if not torch.isfinite(v).all()
-        ]
-        where = self._where()
+        # the first check that failed on this rank (any one, if only another rank's failed)
+        name, values, _, where = next((check for check in checks if not bool(check[2])), checks[-1])
+        bad = [f"{key}={_describe(v)}" for key, v in values.items() if not torch.isfinite(v).all()]
+        policy = self.nan_policy
         if policy == "skip":  # the model as it was before this step, whether it is skipped or the run stops
             with torch.no_grad():
                 for buffer, before in self._buffers_before:
