@@ -87,11 +87,13 @@ def digits_batches(n: int, batch_size: int, image_size: int) -> list[Batch]:
 
 
 # ---------------------------------------------------------------------------------------------------- U-Net
-# Sizes by name: "cpu" is the measurement on 2 CPU cores, "gpu" loads a GPU enough that kernel launches do not
-# dominate every step, "tiny" is the tests' smoke run.
+# Sizes by name: "cpu" is the measurement on 2 CPU cores; "gpu" is the default on a GPU (steps of 5-25 ms on an
+# H200, where the host's Python per step still shows); "large" gives the GPU more work per step; "tiny" is the tests'
+# smoke run.
 SEG_SIZES = {
     "cpu": dict(image_size=64, batch_size=16, base_channels=16, depth=4),
     "gpu": dict(image_size=128, batch_size=32, base_channels=32, depth=4),
+    "large": dict(image_size=256, batch_size=16, base_channels=64, depth=4),
     "tiny": dict(image_size=16, batch_size=4, base_channels=4, depth=2),
 }
 SEG_LR, SEG_WARMUP = 2e-3, 10
@@ -168,6 +170,7 @@ def seg_benchmark(steps: int, size_name: str) -> StepBenchmark:
 GAN_SIZES = {
     "cpu": dict(image_size=32, batch_size=64, base_channels=32, latent_dim=64),
     "gpu": dict(image_size=32, batch_size=256, base_channels=64, latent_dim=128),
+    "large": dict(image_size=32, batch_size=1024, base_channels=128, latent_dim=128),
     "tiny": dict(image_size=16, batch_size=8, base_channels=8, latent_dim=8),
 }
 
@@ -254,6 +257,7 @@ def gan_benchmark(steps: int, size_name: str) -> StepBenchmark:
 VAE_SIZES = {
     "cpu": dict(image_size=32, batch_size=64, latent_dim=16, base_channels=32),
     "gpu": dict(image_size=32, batch_size=256, latent_dim=32, base_channels=64),
+    "large": dict(image_size=32, batch_size=1024, latent_dim=32, base_channels=128),
     "tiny": dict(image_size=16, batch_size=8, latent_dim=4, base_channels=8),
 }
 VAE_LR, VAE_WARMUP = 1e-3, 10
@@ -317,6 +321,9 @@ VQ_SIZES = {
     ),
     "gpu": dict(
         image_size=32, batch_size=256, num_embeddings=512, embedding_dim=64, hidden=128, restart_every=100
+    ),
+    "large": dict(
+        image_size=32, batch_size=1024, num_embeddings=512, embedding_dim=64, hidden=256, restart_every=100
     ),
     "tiny": dict(image_size=16, batch_size=8, num_embeddings=16, embedding_dim=8, hidden=16, restart_every=2),
 }

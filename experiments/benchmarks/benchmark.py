@@ -276,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--size",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "large"),
         help="model and batch sizes of the step and gpu rows (default: gpu on cuda, else cpu; --tiny: tiny)",
     )
     parser.add_argument(

@@ -397,9 +397,7 @@ class GANTask(SampleQualityHooks, SegenTask):
         # logged value on its own device), so logging it costs no device work at all.
         logs["train/generator_steps"] = torch.tensor(float(self.generator_steps))
         logs["train/discriminator_steps"] = torch.tensor(float(self.discriminator_steps))
-        shown = {k: logs.pop(k) for k in ("train/loss_d", "train/loss_g") if k in logs}
-        self.log_dict(shown, prog_bar=True, batch_size=batch_size)
-        self.log_dict(logs, batch_size=batch_size)
+        self.log_train(logs, batch_size, prog_bar=("train/loss_d", "train/loss_g"))
 
     @torch.no_grad()
     def _update_ema(self) -> None:

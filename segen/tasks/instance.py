@@ -95,8 +95,8 @@ class InstanceSegmentationTask(SegenTask):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         images, targets = batch
         parts = self.compute_loss(images, targets)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=len(images))
+        values = {f"train/{name}": value.detach() for name, value in parts.items()}
+        self.log_train(values, len(images), prog_bar=("train/loss",))
         return parts["loss"] if self.loss_is_usable(parts) else None
 
     def _update_map(self, metric: MeanAveragePrecision, batch: Batch) -> None:

@@ -186,17 +186,19 @@ class SegmentationTask(SegenTask):
         check_target(logits, masks, self.ignore_index, values=not checked)
         parts = self.compute_loss(logits, masks)
         batch_size = images.shape[0]
-        on_step = stage == "train"
-        for name, value in parts.items():
-            self.log(
-                f"{stage}/{name}",
-                value.detach(),
-                on_step=on_step,
-                on_epoch=not on_step,
-                prog_bar=name == "loss",
-                batch_size=batch_size,
-                sync_dist=not on_step,
-            )
+        values = {f"{stage}/{name}": value.detach() for name, value in parts.items()}
+        if stage == "train":
+            self.log_train(values, batch_size, prog_bar=("train/loss",))
+        else:
+            for key, value in values.items():
+                self.log(
+                    key,
+                    value,
+                    on_epoch=True,
+                    prog_bar=key.endswith("/loss"),
+                    batch_size=batch_size,
+                    sync_dist=True,
+                )
         return parts, logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:

@@ -191,7 +191,7 @@ class VAETask(SampleQualityHooks, SegenTask):
         images, labels = self._unpack(batch)
         beta = self.kl_weight()
         parts = self.compute_elbo(images, labels, beta)
-        self.log_dict(
+        self.log_train(
             {
                 "train/loss": parts.loss,
                 "train/elbo": -(parts.recon + parts.kl).detach(),
@@ -201,8 +201,7 @@ class VAETask(SampleQualityHooks, SegenTask):
                 # every step; Lightning keeps a logged value on its own device, so this one never leaves the host
                 "train/beta": torch.tensor(float(beta)),
             },
-            prog_bar=False,
-            batch_size=images.shape[0],
+            images.shape[0],
         )
         usable = self.loss_is_usable({"loss": parts.loss, "recon": parts.recon, "kl": parts.kl})
         return parts.loss if usable else None

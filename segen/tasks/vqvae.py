@@ -129,7 +129,9 @@ class VQVAETask(SegenTask):
         }
         if train:
             logs.update({"train/loss": loss.detach(), "train/commitment": vq.commitment_loss.detach()})
-        self.log_dict(logs, batch_size=images.shape[0], sync_dist=not train)
+            self.log_train(logs, images.shape[0])
+        else:
+            self.log_dict(logs, batch_size=images.shape[0], sync_dist=True)
         return {"loss": loss, "recon": mse, "commitment": vq.commitment_loss}
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
