@@ -256,3 +256,20 @@ def test_monai_per_image_metrics_match_on_the_split_as_one_image_when_every_clas
     preds = references.one_image(torch.cat([p for p, _ in pairs]))
     target = references.one_image(torch.cat([t for _, t in pairs]))
     assert float(MeanIoU(include_background=True)(preds, target).nanmean()) > mine.miou + 1e-3
+
+
+def test_size_and_guard_options(bench):
+    assert bench.parse_args(["--device", "cpu"]).size == "cpu"
+    assert bench.parse_args(["--device", "cuda"]).size == "gpu"  # parsing only: no GPU is touched
+    assert bench.parse_args(["--tiny"]).size == "tiny"
+    assert bench.parse_args(["--size", "large", "--nan-policy", "off"]).nan_policy == "off"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--size", "gpu"])
+
+
+def test_nan_policy_option_is_reported_and_the_rows_stay_exact(bench, one_thread):
+    """--nan-policy off: the caption says so, and the step rows still match the plain loop exactly."""
+    table = bench.main(["--tiny", "--device", "cpu", "--only", "vae", "--nan-policy", "off"])
+    assert "nan_policy=off" in table.splitlines()[0]
+    for cells in table_rows(table).values():
+        assert delta_of(cells) <= 1e-6, cells
