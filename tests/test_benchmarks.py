@@ -273,3 +273,26 @@ def test_nan_policy_option_is_reported_and_the_rows_stay_exact(bench, one_thread
     assert "nan_policy=off" in table.splitlines()[0]
     for cells in table_rows(table).values():
         assert delta_of(cells) <= 1e-6, cells
+
+
+def test_profile_step_lists_the_operators_only_segen_runs(one_thread):
+    """profile_step.py on the CPU: the same network on both sides (equal convolution counts), and segen's own work
+    (the host mask check's aminmax) shown with no plain-loop counterpart."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import profile_step
+
+    report = profile_step.main(
+        ["--row", "seg", "--tiny", "--device", "cpu", "--steps", "3", "--warmup", "1", "--top", "500"]
+    )
+    assert report.startswith("U-Net step (4ch depth 2, 16 px, batch 4), default Trainer, cpu: 4 steps each")
+    rows = {
+        line.split("|")[1].strip().strip("`"): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in report.splitlines()
+        if line.startswith("| `")
+    }
+    segen_calls, plain_calls = (
+        float(rows["aten::convolution_backward"][0]),
+        float(rows["aten::convolution_backward"][1]),
+    )
+    assert segen_calls == plain_calls > 0
+    assert float(rows["aten::aminmax"][0]) > 0 and float(rows["aten::aminmax"][1]) == 0
