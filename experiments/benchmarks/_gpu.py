@@ -67,11 +67,11 @@ def speed_benchmark(
     steps: int,
     warmup: int,
     repeats: int,
-    size_name: str,
+    sizes: str,
     device: str,
     options: Sequence[str] = tuple(OPTIONS),
 ) -> list[SpeedResult]:
-    size = SEG_SIZES[size_name]
+    size = SEG_SIZES[sizes]
     build = functools.partial(build_seg_task, size["base_channels"], size["depth"])
     batches = shapes_batches(warmup + steps, size["batch_size"], size["image_size"])
 

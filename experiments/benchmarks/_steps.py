@@ -86,6 +86,18 @@ def digits_batches(n: int, batch_size: int, image_size: int) -> list[Batch]:
     )
 
 
+SIZE_NAMES = ("cpu", "gpu", "large")  # the choices of --size; "tiny" comes from --tiny
+
+
+def size_name(size: str | None, tiny: bool, device: str) -> str:
+    """The sizes a run uses: ``--tiny``, else ``--size``, else "gpu" on CUDA and "cpu" elsewhere."""
+    if tiny and size is not None:
+        raise ValueError("--tiny sets the sizes; give --size or --tiny, not both")
+    if tiny:
+        return "tiny"
+    return size or ("gpu" if torch.device(device).type == "cuda" else "cpu")
+
+
 # ---------------------------------------------------------------------------------------------------- U-Net
 # Sizes by name: "cpu" is the measurement on 2 CPU cores; "gpu" is the default on a GPU (steps of 5-25 ms on an
 # H200, where the host's Python per step still shows); "large" gives the GPU more work per step; "tiny" is the tests'
@@ -154,8 +166,8 @@ def run_plain_seg(
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def seg_benchmark(steps: int, size_name: str) -> StepBenchmark:
-    size = SEG_SIZES[size_name]
+def seg_benchmark(steps: int, sizes: str) -> StepBenchmark:
+    size = SEG_SIZES[sizes]
     build = functools.partial(build_seg_task, size["base_channels"], size["depth"])
     return StepBenchmark(
         name="U-Net step",
@@ -239,8 +251,8 @@ def run_plain_gan(
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def gan_benchmark(steps: int, size_name: str) -> StepBenchmark:
-    size = GAN_SIZES[size_name]
+def gan_benchmark(steps: int, sizes: str) -> StepBenchmark:
+    size = GAN_SIZES[sizes]
     build = functools.partial(build_gan_task, size["image_size"], size["base_channels"], size["latent_dim"])
     return StepBenchmark(
         name="DCGAN iteration (D + G step)",
@@ -300,8 +312,8 @@ def run_plain_vae(build: Callable[[], VAETask], batches: Sequence[Batch], warmup
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def vae_benchmark(steps: int, size_name: str) -> StepBenchmark:
-    size = VAE_SIZES[size_name]
+def vae_benchmark(steps: int, sizes: str) -> StepBenchmark:
+    size = VAE_SIZES[sizes]
     build = functools.partial(build_vae_task, size["image_size"], size["latent_dim"], size["base_channels"])
     return StepBenchmark(
         name="VAE step",
@@ -405,8 +417,8 @@ def run_plain_vq(build: Callable[[], VQVAETask], batches: Sequence[Batch], warmu
     return Run(clock.seconds(), losses, float_state(task))
 
 
-def vq_benchmark(steps: int, size_name: str) -> StepBenchmark:
-    size = VQ_SIZES[size_name]
+def vq_benchmark(steps: int, sizes: str) -> StepBenchmark:
+    size = VQ_SIZES[sizes]
     build = functools.partial(
         build_vq_task,
         size["image_size"],

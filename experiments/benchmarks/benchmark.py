@@ -52,7 +52,7 @@ from _references import (
     segen_metrics,
     torchmetrics_metrics,
 )
-from _steps import STEP_BENCHMARKS
+from _steps import SIZE_NAMES, STEP_BENCHMARKS, size_name
 
 CHOICES = ("seg", "gan", "vae", "vqvae", "dicece", "metrics", "data", "gpu")
 
@@ -276,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--size",
-        choices=("cpu", "gpu", "large"),
+        choices=SIZE_NAMES,
         help="model and batch sizes of the step and gpu rows (default: gpu on cuda, else cpu; --tiny: tiny)",
     )
     parser.add_argument(
@@ -299,10 +299,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
-    if args.tiny and args.size is not None:
-        parser.error("--tiny sets the sizes; give --size or --tiny, not both")
-    if args.size is None:
-        args.size = "tiny" if args.tiny else ("gpu" if torch.device(args.device).type == "cuda" else "cpu")
+    try:
+        args.size = size_name(args.size, args.tiny, args.device)
+    except ValueError as err:
+        parser.error(str(err))
     defaults = (3, 1, 1) if args.tiny else (50, 5, 3)
     for name, default in zip(("steps", "warmup", "repeats"), defaults):
         if getattr(args, name) is None:

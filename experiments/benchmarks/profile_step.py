@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from _overhead import quiet, synchronize, timed_fit
-from _steps import STEP_BENCHMARKS
+from _steps import SIZE_NAMES, STEP_BENCHMARKS, size_name
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--row", choices=tuple(STEP_BENCHMARKS), default="seg", help="which step row (default seg)"
     )
-    parser.add_argument("--size", choices=("cpu", "gpu", "large"), help="default: gpu on cuda, else cpu")
+    parser.add_argument("--size", choices=SIZE_NAMES, help="default: gpu on cuda, else cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--steps", type=int, default=20, help="profiled steps after the warm-up (default 20)")
     parser.add_argument(
@@ -95,10 +95,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=15, help="operators listed (default 15)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.tiny and args.size is not None:
-        parser.error("--tiny sets the sizes; give --size or --tiny, not both")
-    if args.size is None:
-        args.size = "tiny" if args.tiny else ("gpu" if torch.device(args.device).type == "cuda" else "cpu")
+    try:
+        args.size = size_name(args.size, args.tiny, args.device)
+    except ValueError as err:
+        parser.error(str(err))
     if args.steps < 1 or args.warmup < 0 or args.top < 1:
         parser.error("--steps and --top must be >= 1, --warmup >= 0")
     return args
