@@ -296,3 +296,26 @@ def test_profile_step_lists_the_operators_only_segen_runs(one_thread):
     )
     assert segen_calls == plain_calls > 0
     assert float(rows["aten::aminmax"][0]) > 0 and float(rows["aten::aminmax"][1]) == 0
+
+
+def test_sync_check_names_where_a_sync_comes_from_and_refuses_without_cuda():
+    sys.path.insert(0, str(BENCHMARKS))
+    import traceback
+
+    import sync_check
+
+    segen_file = str(sync_check.ROOTS["segen"] / "tasks" / "base.py")
+    torch_file = str(sync_check.ROOTS["torch"] / "_tensor.py")
+    stack = [
+        traceback.FrameSummary("/elsewhere/script.py", 1, "main"),
+        traceback.FrameSummary(segen_file, 42, "_settle"),
+        traceback.FrameSummary(torch_file, 7, "__bool__"),
+    ]
+    assert (
+        sync_check.origin(stack) == "segen/tasks/base.py:42 (_settle)"
+    )  # segen first, even if not innermost
+    assert sync_check.origin(stack[2:]) == "torch/_tensor.py:7 (__bool__)"
+    assert sync_check.origin(stack[:1]) == "elsewhere"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            sync_check.main(["--row", "seg"])

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 8 that are still open, sized for one device call of under 10 minutes (about 9 with the
+# The GPU checks of issue 8 that are still open, sized for one device call of under 10 minutes (9.5 with the
 # limits below). Each step has its own time limit, so one that hangs cannot take the others' time.
 #
 #   experiments/benchmarks/gpu_session.sh OUT_DIR      # e.g. "$OUT" on the device machine
 #
-# Writes one log per step (6 files) and prints the tables. Needs torch with CUDA, lightning, torchmetrics,
+# Writes one log per step (7 files) and prints the tables. Needs torch with CUDA, lightning, torchmetrics,
 # torchvision and pytest; segen is found from the repository root (no install needed).
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
@@ -17,13 +17,14 @@ step() {  # step NAME SECONDS COMMAND...
     shift 2
     timeout -s INT "$limit" "$@" >"$out/$name.log" 2>&1
     echo "== $name: exit $?"
-    grep -E '^\[|^Measured|^\| |^U-Net|passed|failed|Error' "$out/$name.log" | grep -v '^| ---'
+    grep -E '^\[|^Measured|^\| |^U-Net|per step|passed|failed|Error' "$out/$name.log" | grep -v '^| ---'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-step gpu 150 python3 $B --only gpu --repeats 3
-step steps 100 python3 $B --only seg gan vae vqvae
-step large 120 python3 $B --only seg gan vae vqvae --size large --repeats 2
+step gpu 140 python3 $B --only gpu --repeats 3
+step steps 90 python3 $B --only seg gan vae vqvae
+step large 100 python3 $B --only seg gan vae vqvae --size large --repeats 2
 step det 60 python3 $B --only seg gan vae vqvae --deterministic --repeats 1
 step profile 60 python3 experiments/benchmarks/profile_step.py --row seg --size large --steps 10
 step cuda_tests 60 python3 -m pytest -q -p no:cacheprovider tests/tasks/test_gan_task.py -k cuda
+step syncs 60 python3 experiments/benchmarks/sync_check.py --row seg
