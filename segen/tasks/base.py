@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningModule
@@ -31,9 +31,15 @@ from torch import Tensor
 
 from segen.registry import lookup
 
-_Check = tuple[
-    str, dict[str, Tensor], Tensor, str
-]  # (loss name, its detached parts, finite flag on device, where)
+
+class _Check(NamedTuple):
+    """One :meth:`SegenTask.loss_is_usable` call, until its flag is read."""
+
+    name: str  # which loss, for the message
+    values: dict[str, Tensor]  # its detached parts
+    finite: Tensor  # () bool on the task's device: every part finite
+    where: str  # the step, for the message
+
 
 __all__ = [
     "NAN_POLICIES",
@@ -111,7 +117,7 @@ class SegenTask(LightningModule):
         steps whose values can reach a logger or the end of the run.
 
         Why: Lightning's ``self.log`` costs host time per key and per call (each call walks its record of that key),
-        and loggers write only every ``trainer.log_every_n_steps`` steps. With ten keys (a GAN) that was 2-5 ms per
+        and loggers write only every ``trainer.log_every_n_steps`` steps. With a GAN's eight keys that was 3-5 ms per
         step on an H200's host, as long as a small model's whole step on the GPU, for values no logger ever saw.
         The other keys are logged on the logger's steps, on the last batch of an epoch, on the run's last step and
         when it is stopping, so what loggers receive and the ``trainer.callback_metrics`` after an epoch or a fit are
@@ -130,12 +136,10 @@ class SegenTask(LightningModule):
         trainer = self._trainer
         if trainer is None or self.log_train_every_step:
             return True
-        try:
-            logger_step = (
-                trainer._logger_connector.should_update_logs
-            )  # Lightning's own rule (not public API)
-        except AttributeError:
+        connector = getattr(trainer, "_logger_connector", None)  # Lightning's own rule, not public API
+        if connector is None:
             return True
+        logger_step = connector.should_update_logs
         # automatic optimization steps after training_step returns; a manual step has stepped already
         steps_after = 1 if self.automatic_optimization else 0
         last_step = 0 < trainer.max_steps <= trainer.global_step + steps_after
@@ -193,11 +197,12 @@ class SegenTask(LightningModule):
         values = {key: value.detach() for key, value in parts.items()}
         finite = torch.stack(
             [torch.isfinite(v).all() for v in values.values()]
-        ).all()  # on the device, no sync
+        ).all()  # on the device: no sync
+        check = _Check(name, values, finite, self._where())
         if policy == "raise" and self._trainer is not None:
-            self._pending_checks.append((name, values, finite, self._where()))
+            self._pending_checks.append(check)
             return True
-        return self._settle([(name, values, finite, self._where())])
+        return self._settle([check])
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Read the ``"raise"`` checks of the losses behind this optimizer step (one host-device sync): backward has
@@ -215,14 +220,14 @@ class SegenTask(LightningModule):
             self._settle(pending)
 
     def _settle(self, checks: list[_Check]) -> bool:
-        finite = bool(torch.stack([flag for _, _, flag, _ in checks]).all())  # the one host-device sync
+        finite = bool(torch.stack([check.finite for check in checks]).all())  # the one host-device sync
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self._consecutive_skips = 0
             return True
         # the first check that failed on this rank (any one, if only another rank's failed)
-        name, values, _, where = next((check for check in checks if not bool(check[2])), checks[-1])
+        name, values, _, where = next((check for check in checks if not bool(check.finite)), checks[-1])
         bad = [f"{key}={_describe(v)}" for key, v in values.items() if not torch.isfinite(v).all()]
         policy = self.nan_policy
         if policy == "skip":  # the model as it was before this step, whether it is skipped or the run stops
