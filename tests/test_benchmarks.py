@@ -319,3 +319,20 @@ def test_sync_check_names_where_a_sync_comes_from_and_refuses_without_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             sync_check.main(["--row", "seg"])
+
+
+def test_log_cost_runs_every_task_and_restores_the_default(one_thread):
+    sys.path.insert(0, str(BENCHMARKS))
+    import log_cost
+
+    from segen.tasks.base import SegenTask
+
+    table = log_cost.main(["--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu"])
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert [row.split(" (")[0] for row in rows] == [
+        "| U-Net step",
+        "| DCGAN iteration",
+        "| VAE step",
+        "| VQ-VAE step",
+    ]
+    assert SegenTask.log_train_every_step is False
