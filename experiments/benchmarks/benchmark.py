@@ -4,6 +4,8 @@
     python experiments/benchmarks/benchmark.py --only seg dicece     # some rows
     python experiments/benchmarks/benchmark.py --tiny                # tiny sizes: a smoke test, not a measurement
     python experiments/benchmarks/benchmark.py --out bench.md        # also write the table to a file
+    python experiments/benchmarks/benchmark.py --size large          # step and gpu rows with more work per step
+    python experiments/benchmarks/benchmark.py --deterministic       # deterministic GPU kernels: Δ comparable on a GPU
 
 Rows (``--only`` names in brackets):
     [seg gan vae vqvae]  seconds per training step of SegmentationTask / GANTask / VAETask / VQVAETask under the
