@@ -17,7 +17,7 @@ step() {  # step NAME SECONDS COMMAND...
     shift 2
     timeout -s INT "$limit" "$@" >"$out/$name.log" 2>&1
     echo "== $name: exit $?"
-    grep -E '^\[|^Measured|^\| |^U-Net|per step|passed|failed|Error' "$out/$name.log" | grep -v '^| ---'
+    grep -E '^\[|^Measured|^\| |^U-Net|per step|passed|skipped|failed|Error' "$out/$name.log" | grep -v '^| ---'
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
