@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from _overhead import Run, run_delta, timed_fit
+from _overhead import Run, accelerator_of, run_delta, timed_fit
 from _steps import SEG_SIZES, Speed, build_seg_task, run_plain_seg, shapes_batches
 from lightning.pytorch import Callback
 
@@ -40,13 +40,12 @@ def run_segen(
     callbacks: list[Callback] = []
     if speed.channels_last or speed.compile:
         callbacks.append(SpeedOptions(channels_last=speed.channels_last, compile=speed.compile))
-    accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
     return timed_fit(
         build(),
         batches,
         warmup,
         barebones=False,
-        accelerator=accelerator,
+        accelerator=accelerator_of(device),
         precision=speed.precision,
         callbacks=callbacks,
     )

@@ -117,6 +117,11 @@ def trainer(
     return Trainer(enable_progress_bar=False, enable_model_summary=False, **common)
 
 
+def accelerator_of(device: torch.device | str) -> str:
+    """The Trainer's ``accelerator`` for a torch device name: "gpu" for CUDA, else "cpu"."""
+    return "gpu" if torch.device(device).type == "cuda" else "cpu"
+
+
 def timed_fit(
     task: LightningModule,
     batches: Sequence[Any],

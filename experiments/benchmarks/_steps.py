@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from _overhead import LoopClock, LossReader, Run, float_state, output_loss
+from _overhead import LoopClock, LossReader, Run, accelerator_of, float_state, output_loss, timed_fit
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -54,6 +54,18 @@ class StepBenchmark:
     max_steps: int | None = (
         None  # Trainer(max_steps=...) when it is not one per batch (GAN: two per iteration)
     )
+
+    def run_task(self, warmup: int, device: str, barebones: bool, task: LightningModule | None = None) -> Run:
+        """The task side: ``task`` (default: a fresh ``build_task()``) trained on the batches under the Trainer."""
+        return timed_fit(
+            task if task is not None else self.build_task(),
+            self.batches,
+            warmup,
+            barebones=barebones,
+            max_steps=self.max_steps,
+            read_loss=self.read_loss,
+            accelerator=accelerator_of(device),
+        )
 
 
 class Speed(NamedTuple):

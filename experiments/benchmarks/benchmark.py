@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers below, a
 import lightning
 import torch
 from _gpu import OPTIONS, speed_benchmark
-from _overhead import compare, quiet, timed_fit
+from _overhead import compare, quiet
 from _references import (
     data_benchmark,
     dice_ce_benchmark,
@@ -116,7 +116,6 @@ def step_rows(name: str, args: argparse.Namespace) -> list[Row]:
     bench = STEP_BENCHMARKS[name](args.warmup + args.steps, args.size)
     device = args.device
     kind = torch.device(device).type
-    accelerator = "gpu" if kind == "cuda" else "cpu"
     goal, tolerance = STEP_GOAL[kind], STEP_TOLERANCE[kind]
 
     def build() -> Any:
@@ -129,15 +128,7 @@ def step_rows(name: str, args: argparse.Namespace) -> list[Row]:
     for barebones in (False, True):
         result = compare(
             lambda: bench.run_plain(bench.batches, args.warmup, device),
-            lambda barebones=barebones: timed_fit(
-                build(),
-                bench.batches,
-                args.warmup,
-                barebones=barebones,
-                max_steps=bench.max_steps,
-                read_loss=bench.read_loss,
-                accelerator=accelerator,
-            ),
+            lambda barebones=barebones: bench.run_task(args.warmup, device, barebones, build()),
             args.repeats,
         )
         unit = "iteration" if "iteration" in bench.name else "step"

@@ -15,21 +15,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from _overhead import quiet, timed_fit
+from _overhead import quiet
 from _steps import SIZE_NAMES, STEP_BENCHMARKS
 
 from segen.tasks.base import SegenTask
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=("tiny", *SIZE_NAMES), default="tiny")
     parser.add_argument("--steps", type=int, default=150, help="timed steps (default 150)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    accelerator = "gpu" if torch.device(args.device).type == "cuda" else "cpu"
     lines = ["| task | every key every step | log_train | saved per step |", "| --- | --- | --- | --- |"]
     default = SegenTask.log_train_every_step
     try:
@@ -40,15 +41,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                 for _ in range(args.repeats):
                     for every in (True, False):
                         SegenTask.log_train_every_step = every
-                        run = timed_fit(
-                            bench.build_task(),
-                            bench.batches,
-                            args.warmup,
-                            barebones=False,
-                            max_steps=bench.max_steps,
-                            read_loss=bench.read_loss,
-                            accelerator=accelerator,
-                        )
+                        run = bench.run_task(args.warmup, args.device, barebones=False)
                         best[every] = min(best[every], run.seconds)
                 saved = best[True] - best[False]
                 lines.append(

@@ -23,7 +23,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from _overhead import quiet, synchronize, timed_fit
+from _overhead import quiet, synchronize
 from _steps import SIZE_NAMES, STEP_BENCHMARKS, size_name
 from torch.profiler import ProfilerActivity, profile
 
@@ -108,7 +108,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     """Profile both sides, print the report and return it."""
     args = parse_args(argv)
     bench = STEP_BENCHMARKS[args.row](args.warmup + args.steps, args.size)
-    accelerator = "gpu" if torch.device(args.device).type == "cuda" else "cpu"
     total = args.warmup + args.steps
     with quiet():
         bench.run_plain(
@@ -118,15 +117,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             lambda: bench.run_plain(bench.batches, args.warmup, args.device), args.device
         )
         segen, segen_wall = profiled(
-            lambda: timed_fit(
-                bench.build_task(),
-                bench.batches,
-                args.warmup,
-                barebones=args.barebones,
-                max_steps=bench.max_steps,
-                read_loss=bench.read_loss,
-                accelerator=accelerator,
-            ),
+            lambda: bench.run_task(args.warmup, args.device, args.barebones),
             args.device,
         )
     trainer = "barebones=True" if args.barebones else "default Trainer"
