@@ -106,10 +106,7 @@ def test_tiny_run_prints_every_row_and_its_exactness_checks(bench, one_thread, t
         for trainer in ("default Trainer", "barebones=True"):
             cells = find(f"{name} / plain loop, {trainer}")
             assert delta_of(cells) <= 1e-6, cells
-            logged = not (
-                name.startswith("DCGAN") and trainer == "barebones=True"
-            )  # a barebones GAN logs nothing
-            assert cells[5].endswith("(losses, weights)" if logged else "(weights)"), cells
+            assert cells[5].endswith("(losses, weights)"), cells
     assert delta_of(find("DiceCELoss forward + backward")) <= 1e-5
     for prefix in ("val/mIoU", "val/dice"):
         for library in ("torchmetrics", "MONAI"):
@@ -273,6 +270,25 @@ def test_nan_policy_option_is_reported_and_the_rows_stay_exact(bench, one_thread
     assert "nan_policy=off" in table.splitlines()[0]
     for cells in table_rows(table).values():
         assert delta_of(cells) <= 1e-6, cells
+
+
+def test_losses_read_after_the_run_are_the_same_losses(bench, one_thread):
+    """--read-losses end: no per-step read on either side (losses kept on the device, read once the clock stops);
+    the caption says so and every row still agrees with its plain loop loss by loss (DCGAN, VAE)."""
+    import _overhead
+
+    try:
+        table = bench.main(["--tiny", "--device", "cpu", "--only", "gan", "vae", "--read-losses", "end"])
+        assert _overhead._loss_reads == "end"
+    finally:
+        _overhead.set_loss_reads("step")
+    assert "losses read after the run" in table.splitlines()[0]
+    rows = table_rows(table)
+    assert len(rows) == 4
+    for cells in rows.values():
+        assert delta_of(cells) <= 1e-6 and cells[5].endswith("(losses, weights)"), cells
+    with pytest.raises(ValueError, match="loss reads 'later': expected one of \\['end', 'step'\\]"):
+        _overhead.set_loss_reads("later")
 
 
 def test_profile_step_lists_the_operators_only_segen_runs(one_thread):

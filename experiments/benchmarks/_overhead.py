@@ -20,7 +20,42 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-LossReader = Callable[[Trainer, Any], Any]  # (trainer, training_step output) -> the step's loss(es), or None
+LossReader = Callable[
+    [Trainer, Any], Any
+]  # (trainer, training_step output) -> the step's loss tensor(s), or None
+
+LOSS_READS: dict[str, str] = {
+    "step": "each step's loss is read on the host after the step (.item(), both sides): every step ends with the "
+    "GPU drained, so a row compares host time per step",
+    "end": "the losses stay on the device until the run ends, as in a run that logs every few steps: the host may "
+    "run ahead of the GPU, and only syncs inside a step (the nan guard's, Lightning's) drain it",
+}
+_loss_reads = "step"
+
+
+def set_loss_reads(mode: str) -> None:
+    """When both sides of a step row read their losses: one of :data:`LOSS_READS` (a no-op difference on the CPU)."""
+    global _loss_reads
+    if mode not in LOSS_READS:
+        raise ValueError(f"loss reads {mode!r}: expected one of {sorted(LOSS_READS)}")
+    _loss_reads = mode
+
+
+def keep_loss(losses: list[Any], value: Tensor | tuple[Tensor, ...]) -> None:
+    """Append a step's loss (a tensor, or a tuple for a GAN iteration): read at once under "step" (a sync),
+    detached on the device under "end" (read by :func:`as_floats` once the clock has stopped)."""
+    values = value if isinstance(value, tuple) else (value,)
+    kept = tuple(v.item() if _loss_reads == "step" else v.detach() for v in values)
+    losses.append(kept if isinstance(value, tuple) else kept[0])
+
+
+def as_floats(losses: list[Any]) -> list[Any]:
+    """``losses`` with every tensor read as a float (tuples stay tuples)."""
+
+    def read(v: Any) -> Any:
+        return v.item() if isinstance(v, Tensor) else v
+
+    return [tuple(map(read, v)) if isinstance(v, tuple) else read(v) for v in losses]
 
 
 class Run(NamedTuple):
@@ -52,9 +87,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def output_loss(trainer: Trainer, outputs: Any) -> float:
+def output_loss(trainer: Trainer, outputs: Any) -> Tensor:
     """The loss a training_step returned (automatic optimization)."""
-    return outputs["loss"].item() if isinstance(outputs, dict) else outputs.item()
+    return outputs["loss"] if isinstance(outputs, dict) else outputs
 
 
 def float_state(module: nn.Module) -> dict[str, Tensor]:
@@ -67,10 +102,10 @@ def float_state(module: nn.Module) -> dict[str, Tensor]:
 
 
 class StepTimer(Callback):
-    """Records each step's loss and the time from the first timed step to the end of the last one."""
+    """Records each step's loss and the time from the first timed step to the end of the last (``total``) one."""
 
-    def __init__(self, warmup: int, read_loss: LossReader = output_loss) -> None:
-        self.warmup, self.read_loss = warmup, read_loss
+    def __init__(self, warmup: int, total: int, read_loss: LossReader = output_loss) -> None:
+        self.warmup, self.total, self.read_loss = warmup, total, read_loss
         self.losses: list[Any] = []
         self.start = self.end = 0.0
         self.steps = 0
@@ -81,12 +116,13 @@ class StepTimer(Callback):
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = self.read_loss(trainer, outputs)  # .item() syncs; the plain loops read their loss the same way
+        loss = self.read_loss(trainer, outputs)
         if loss is not None:
-            self.losses.append(loss)
-        synchronize(pl_module.device)
-        self.end = time.perf_counter()
+            keep_loss(self.losses, loss)  # as the plain loops keep theirs
         self.steps = batch_idx + 1
+        if _loss_reads == "step" or self.steps == self.total:
+            synchronize(pl_module.device)
+            self.end = time.perf_counter()
 
 
 def trainer(
@@ -135,7 +171,7 @@ def timed_fit(
     callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Train ``task`` on ``batches`` (one pass, in order) and time every step after the first ``warmup``."""
-    timer = StepTimer(warmup, read_loss)
+    timer = StepTimer(warmup, len(batches), read_loss)
     with tempfile.TemporaryDirectory(prefix="segen-bench-") as root:
         fit = trainer(
             barebones,
@@ -148,7 +184,9 @@ def timed_fit(
         fit.fit(task, DataLoader(list(batches), batch_size=None, shuffle=False))
     if timer.steps != len(batches):
         raise RuntimeError(f"the Trainer ran {timer.steps} of {len(batches)} steps; check max_steps")
-    return Run((timer.end - timer.start) / (len(batches) - warmup), timer.losses, float_state(task))
+    return Run(
+        (timer.end - timer.start) / (len(batches) - warmup), as_floats(timer.losses), float_state(task)
+    )
 
 
 class LoopClock:

@@ -6,13 +6,15 @@
     python experiments/benchmarks/benchmark.py --out bench.md        # also write the table to a file
     python experiments/benchmarks/benchmark.py --size large          # step and gpu rows with more work per step
     python experiments/benchmarks/benchmark.py --deterministic       # deterministic GPU kernels: Δ comparable on a GPU
+    python experiments/benchmarks/benchmark.py --read-losses end     # no per-step loss read: the GPU is not drained
 
 Rows (``--only`` names in brackets):
     [seg gan vae vqvae]  seconds per training step of SegmentationTask / GANTask / VAETask / VQVAETask under the
         Trainer divided by the same work in a hand-written loop, once with the default Trainer and once with
         ``Trainer(barebones=True)``. Goal <= 1.10 on CPU, <= 1.05 on a GPU. Both sides start from the same weights
         and must agree step by step: ``max abs Δ`` is the largest difference over the per-step losses and the final
-        weights and buffers (only the weights with barebones GANs, which log nothing). See ``_steps.py``.
+        weights and buffers. Each side reads every step's loss on the host after the step (a sync on a GPU);
+        ``--read-losses end`` keeps them on the device until the run ends. See ``_steps.py``.
     [dicece]  segen's DiceCELoss against MONAI's configured to the same definition: forward + backward time ratio
         (goal <= 1.2), value and gradient difference (goal <= 1e-5). See ``_references.py``.
     [metrics]  segen's val/mIoU, val/IoU_<class> and val/dice against torchmetrics and MONAI set to the same
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers below, a
 import lightning
 import torch
 from _gpu import OPTIONS, speed_benchmark
-from _overhead import compare, quiet
+from _overhead import LOSS_READS, compare, quiet, set_loss_reads
 from _references import (
     data_benchmark,
     dice_ce_benchmark,
@@ -290,8 +292,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="deterministic GPU kernels, for the Δ columns on a GPU (atomics otherwise make the runs drift apart)",
     )
+    parser.add_argument(
+        "--read-losses",
+        choices=tuple(LOSS_READS),
+        default="step",
+        help="when the step rows read each step's loss on the host: "
+        + "; ".join(f"{k}: {v}" for k, v in LOSS_READS.items()),
+    )
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
+    set_loss_reads(args.read_losses)
     try:
         args.size = size_name(args.size, args.tiny, args.device)
     except ValueError as err:
@@ -334,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     notes = [f"{args.size} sizes"]
     notes += [f"nan_policy={args.nan_policy}"] if args.nan_policy else []
     notes += ["deterministic kernels"] if args.deterministic else []
+    notes += ["losses read after the run"] if args.read_losses == "end" else []
     notes += ["--tiny: a smoke test, not a measurement"] if args.tiny else []
     caption = (
         f"Measured on {machine(args.device)}. {args.warmup} warm-up + {args.steps} timed steps, best of "

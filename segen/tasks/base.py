@@ -41,6 +41,67 @@ class _Check(NamedTuple):
     where: str  # the step, for the message
 
 
+class _HostCopies:
+    """Copies of the progress-bar scalars of recent steps on the host, made without waiting for the device.
+
+    Why: after every batch Lightning turns each progress-bar value into a Python number (``.item()`` in
+    ``_ResultCollection.metrics``), even with the progress bar off and even for a key not logged on that batch (its
+    last value is converted again). On a GPU that is one host-device sync per step: the host waits for the step's last
+    kernel and the GPU then idles while Python fetches the next batch and runs the hooks. A value already on the host
+    costs nothing to convert, and Lightning has no option for it, so :meth:`SegenTask.log_train` logs these copies.
+
+    :meth:`put` stacks a step's values on the device and starts a ``non_blocking`` copy into pinned host memory,
+    with a CUDA event recorded after it; on the CPU the copy is complete at once. :meth:`take` gives the newest copy
+    that has arrived and never waits; with ``wait=True`` (the steps whose values loggers and callbacks read) it
+    gives the newest copy, waiting for that copy only.
+    """
+
+    max_in_flight = 16
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[tuple[str, ...], Tensor, Any]] = []  # (keys, (K,) host values, event | None)
+
+    def __getstate__(
+        self,
+    ) -> dict[str, Any]:  # a copied or pickled task (SWA's deepcopy, DDP spawn) starts empty:
+        return {}  # copies in flight belong to this process's device queue
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def put(self, values: Mapping[str, Tensor]) -> None:
+        for key, value in values.items():
+            if value.numel() != 1:
+                raise ValueError(
+                    f"log_train: the progress-bar value {key!r} has shape {tuple(value.shape)}; expected a single "
+                    "number (reduce it first, e.g. .mean())"
+                )
+        stacked = torch.stack([value.detach().reshape(()).float() for value in values.values()])  # (K,)
+        on_cuda = stacked.device.type == "cuda"
+        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=on_cuda)  # (K,)
+        host.copy_(stacked, non_blocking=on_cuda)
+        event = None
+        if on_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._queue.append((tuple(values), host, event))
+
+    def take(self, wait: bool = False) -> dict[str, Tensor]:
+        """The newest copy that has arrived, as ``{key: () host tensor}``, and ``{}`` when none has (the bar then
+        keeps its last value); ``wait=True``: the newest copy, waiting for it. The copies before it are dropped."""
+        if wait and self._queue:
+            event = self._queue[-1][2]
+            if event is not None:
+                event.synchronize()  # this copy only, not the work queued after it
+        ready = [i for i, (_, _, event) in enumerate(self._queue) if event is None or event.query()]
+        if not ready:
+            del self._queue[: -self.max_in_flight]  # a device far behind: forget the oldest copies
+            return {}
+        keys, host, _ = self._queue[ready[-1]]
+        del self._queue[: ready[-1] + 1]
+        return dict(zip(keys, host.unbind(), strict=True))
+
+
 __all__ = [
     "NAN_POLICIES",
     "CheckpointMismatchError",
@@ -101,6 +162,7 @@ class SegenTask(LightningModule):
         self._consecutive_skips = 0
         self._buffers_before: list[tuple[Tensor, Tensor]] = []  # (buffer, copy) at the start of the step
         self._pending_checks: list[_Check] = []  # "raise" checks not read yet (see loss_is_usable)
+        self._bar_copies = _HostCopies()  # progress-bar values on their way to the host (see log_train)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Under ``nan_policy="skip"``, copy the floating-point buffers (BatchNorm statistics, EMA codebooks): the
@@ -123,12 +185,22 @@ class SegenTask(LightningModule):
         when it is stopping, so what loggers receive and the ``trainer.callback_metrics`` after an epoch or a fit are
         unchanged; between those steps ``callback_metrics`` keeps their last logged values. Set the class attribute
         ``log_train_every_step = True`` to log every key on every step.
+
+        The ``prog_bar`` keys reach Lightning as host copies (:class:`_HostCopies`): on a GPU the newest copy that
+        has arrived, usually the previous step's, and on the steps above this step's own copy (waiting for it).
+        Lightning's per-batch ``.item()`` of a bar value then never waits for the GPU.
         """
+        if self._trainer is not None and self._trainer.barebones:
+            return  # Lightning drops every self.log under barebones=True: skip the copies too
+        read = self._train_logs_are_read()
         shown = {key: value for key, value in values.items() if key in prog_bar}
         if shown:
-            self.log_dict(shown, prog_bar=True, batch_size=batch_size)
-        if len(shown) < len(values) and self._train_logs_are_read():
-            rest = {key: value for key, value in values.items() if key not in prog_bar}
+            self._bar_copies.put(shown)
+            shown = self._bar_copies.take(wait=read)  # host tensors: no sync when Lightning reads them
+            if shown:
+                self.log_dict(shown, prog_bar=True, batch_size=batch_size)
+        rest = {key: value for key, value in values.items() if key not in prog_bar}
+        if read and rest:
             self.log_dict(rest, batch_size=batch_size)
 
     def _train_logs_are_read(self) -> bool:

@@ -1,18 +1,26 @@
 """``SegenTask.log_train``: training scalars reach loggers, the progress bar and the end of a run as before, while
-the keys no logger reads on a step are not logged on that step (Lightning's ``self.log`` costs host time per key)."""
+the keys no logger reads on a step are not logged on that step (Lightning's ``self.log`` costs host time per key), and
+the progress bar's values reach Lightning as host copies (its per-batch ``.item()`` then never waits for a GPU)."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
+import pickle
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from task_helpers import quiet_trainer
+from tiny_tasks import gan as tiny_gan
+from torch.utils.data import DataLoader, TensorDataset
 
 from segen import SegmentationTask, ShapesDataModule, UNet
+from segen.tasks.base import _HostCopies
 
 STEPS, EVERY = 7, 3  # 10 batches per epoch, so no epoch ends inside the run
 
@@ -68,3 +76,101 @@ def test_train_scalars_reach_the_logger_the_progress_bar_and_the_end_of_the_run(
     # and the run ends with the last step's values
     for part in ("loss", "dice", "ce"):
         assert float(final[f"train/{part}"]) == pytest.approx(computed[-1][part], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- progress-bar values
+def test_progress_bar_values_are_host_copies_with_each_steps_values(tmp_path):
+    """The bar's values go through ``_HostCopies`` (a host tensor, so Lightning's per-batch ``.item()`` never waits
+    for a GPU); on the CPU a copy arrives at once, so every step shows its own values, for both losses of a GAN."""
+    task, _ = tiny_gan()  # with more batches than its own data: steps no logger reads, inside one epoch
+    computed: list[dict[str, float]] = []  # the values each step handed to log_train
+    log_train = task.log_train
+
+    def recording_log_train(values, batch_size, prog_bar=()):
+        computed.append({k: float(values[k]) for k in prog_bar})
+        stored = task._bar_copies._queue
+        log_train(values, batch_size, prog_bar)
+        assert stored == [], "the copy this step logged is still queued"
+
+    task.log_train = recording_log_train
+    bar: list[dict[str, float]] = []
+    seen_tensors: list[torch.Tensor] = []
+
+    class Bar(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            bar.append(dict(trainer.progress_bar_metrics))
+            seen_tensors.append(trainer.callback_metrics["train/loss_d"])
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
+    data = DataLoader(TensorDataset(images, torch.zeros(24, dtype=torch.long)), batch_size=4)
+    trainer = quiet_trainer(tmp_path, max_steps=10, log_every_n_steps=4, callbacks=[Bar()])
+    trainer.fit(task, data)
+    assert len(computed) == len(bar) == 5  # five iterations, two optimizer steps each
+    for step_values, shown in zip(computed, bar, strict=True):
+        assert set(step_values) == {"train/loss_d", "train/loss_g"}
+        for key, value in step_values.items():
+            assert isinstance(shown[key], float)
+            assert shown[key] == pytest.approx(value, rel=1e-6)
+    assert all(t.device.type == "cpu" for t in seen_tensors)
+
+
+class _Event:
+    """A stand-in for ``torch.cuda.Event`` (only ``query`` and ``synchronize`` are used): the device has reached
+    it when ``done``; ``synchronize`` marks it reached, as waiting for it would."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.waited = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = self.done = True
+
+
+def _queued(copies: _HostCopies, value: float) -> _Event:
+    """Put ``{"loss": value}`` and give its copy an event the test controls (put() records one only on CUDA)."""
+    copies.put({"loss": torch.tensor(value)})
+    event = _Event()
+    keys, host, _ = copies._queue[-1]
+    copies._queue[-1] = (keys, host, event)
+    return event
+
+
+def test_host_copies_give_the_newest_arrived_copy_and_wait_only_when_asked():
+    copies = _HostCopies()
+    first, second, third = (_queued(copies, v) for v in (1.0, 2.0, 3.0))
+    assert copies.take() == {}  # none arrived: nothing to show, and no waiting
+    assert not any(e.waited for e in (first, second, third)) and len(copies._queue) == 3
+    first.done = second.done = True
+    assert copies.take() == {"loss": torch.tensor(2.0)}  # the newest that arrived; older ones are dropped
+    assert len(copies._queue) == 1
+    assert copies.take(wait=True) == {"loss": torch.tensor(3.0)}  # a step loggers read: its own value
+    assert third.waited and copies._queue == []
+    assert copies.take() == {} and copies.take(wait=True) == {}
+
+
+def test_host_copies_forget_the_oldest_when_the_device_falls_far_behind():
+    copies = _HostCopies()
+    events = [_queued(copies, float(i)) for i in range(_HostCopies.max_in_flight + 5)]
+    assert copies.take() == {}
+    assert len(copies._queue) == _HostCopies.max_in_flight
+    events[-1].done = True
+    assert copies.take() == {"loss": torch.tensor(float(len(events) - 1))}
+
+
+def test_host_copies_start_empty_in_a_copied_or_pickled_task():
+    """SWA's deepcopy of the module and DDP spawn's pickling must not carry another process's copies in flight."""
+    task = SegmentationTask(num_classes=2, in_channels=1)
+    task._bar_copies.put({"train/loss": torch.tensor(0.5)})
+    assert copy.deepcopy(task)._bar_copies._queue == []
+    assert pickle.loads(pickle.dumps(task))._bar_copies._queue == []
+    assert len(task._bar_copies._queue) == 1
+
+
+def test_a_progress_bar_value_must_be_one_number():
+    task = SegmentationTask(num_classes=2, in_channels=1)
+    with pytest.raises(ValueError, match=r"'train/loss' has shape \(2,\); expected a single number"):
+        task.log_train({"train/loss": torch.ones(2)}, batch_size=1, prog_bar=("train/loss",))
