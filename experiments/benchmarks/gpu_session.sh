@@ -28,5 +28,5 @@ step overlap 80 python3 $B --only seg gan vae vqvae --read-losses end --nan-poli
 step large 90 python3 $B --only seg gan vae vqvae --size large --repeats 2
 step det 50 python3 $B --only seg gan vae vqvae --deterministic --read-losses end --repeats 1
 step profile 50 python3 experiments/benchmarks/profile_step.py --row seg --size large --steps 10
-step cuda_tests 50 python3 -m pytest -q -p no:cacheprovider tests/tasks/test_gan_task.py -k cuda
+step cuda_tests 50 python3 -m pytest -q -rs -p no:cacheprovider tests/tasks/test_gan_task.py tests/tasks/test_train_logging.py -k cuda
 step syncs 50 python3 experiments/benchmarks/sync_check.py --row seg --nan-policy off

@@ -83,7 +83,7 @@ class _HostCopies:
         event = None
         if on_cuda:
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(stacked.device))  # the stream the copy was queued on
         self._queue.append((tuple(values), host, event))
 
     def take(self, wait: bool = False) -> dict[str, Tensor]:

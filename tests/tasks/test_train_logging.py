@@ -115,6 +115,57 @@ def test_progress_bar_values_are_host_copies_with_each_steps_values(tmp_path):
     assert all(t.device.type == "cpu" for t in seen_tensors)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only path: copies that arrive after the step")
+def test_cuda_progress_bar_shows_this_or_the_previous_steps_loss_from_host_memory(tmp_path):
+    """On a GPU the bar's value is a host tensor holding this iteration's loss or the previous one's (a copy that
+    has not arrived is not waited for; the default nan_policy's read lets the previous one arrive), and on the
+    iterations a logger reads, this iteration's own loss."""
+    task, _ = tiny_gan()
+    on_device: list[
+        torch.Tensor
+    ] = []  # loss_d of each iteration, read after the fit (no extra sync during it)
+    read: list[bool] = []  # whether log_train treated the iteration as one a logger reads
+    log_train = task.log_train
+
+    def recording_log_train(values, batch_size, prog_bar=()):
+        on_device.append(values["train/loss_d"].detach().clone())
+        read.append(task._train_logs_are_read())
+        log_train(values, batch_size, prog_bar)
+
+    task.log_train = recording_log_train
+    bar: list[tuple[float, str] | None] = []
+
+    class Bar(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            record = trainer._results.get("training_step.train/loss_d")  # Lightning's own record of the value
+            if record is None:  # no copy had arrived yet: nothing logged
+                bar.append(None)
+            else:
+                bar.append((trainer.progress_bar_metrics["train/loss_d"], record._forward_cache.device.type))
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(48, 1, 16, 16, generator=g) * 2 - 1
+    loader = DataLoader(TensorDataset(images, torch.zeros(48, dtype=torch.long)), batch_size=4)
+    trainer = quiet_trainer(
+        tmp_path, accelerator="gpu", devices=1, max_steps=20, log_every_n_steps=4, callbacks=[Bar()]
+    )
+    trainer.fit(task, loader)
+    computed = [float(v) for v in on_device]
+    assert len(computed) == len(bar) == 10  # 12 batches per epoch: one epoch, no epoch end
+    assert [i for i, r in enumerate(read) if r] == [
+        3,
+        7,
+        9,
+    ]  # the logger's iterations (every 4th) and the last
+    assert bar[0] is not None or not read[0]
+    for i, entry in enumerate(bar[1:], start=1):
+        assert entry is not None, i
+        shown, device = entry
+        assert device == "cpu", i
+        allowed = [computed[i]] if read[i] else computed[i - 1 : i + 1]
+        assert any(shown == pytest.approx(v, rel=1e-6) for v in allowed), (i, shown, allowed)
+
+
 class _Event:
     """A stand-in for ``torch.cuda.Event`` (only ``query`` and ``synchronize`` are used): the device has reached
     it when ``done``; ``synchronize`` marks it reached, as waiting for it would."""
