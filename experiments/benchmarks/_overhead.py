@@ -20,9 +20,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-LossReader = Callable[
-    [Trainer, Any], Any
-]  # (trainer, training_step output) -> the step's loss tensor(s), or None
+# (trainer, training_step output) -> the step's loss tensor(s), or None
+LossReader = Callable[[Trainer, Any], Any]
 
 LOSS_READS: dict[str, str] = {
     "step": "each step's loss is read on the host after the step (.item(), both sides): every step ends with the "

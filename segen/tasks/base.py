@@ -61,10 +61,10 @@ class _HostCopies:
     def __init__(self) -> None:
         self._queue: list[tuple[tuple[str, ...], Tensor, Any]] = []  # (keys, (K,) host values, event | None)
 
-    def __getstate__(
-        self,
-    ) -> dict[str, Any]:  # a copied or pickled task (SWA's deepcopy, DDP spawn) starts empty:
-        return {}  # copies in flight belong to this process's device queue
+    def __getstate__(self) -> dict[str, Any]:
+        # a copied or pickled task (SWA's deepcopy, DDP spawn) starts empty: copies in flight belong to this
+        # process's device queue
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()
