@@ -25,7 +25,8 @@ from segen import (
 from segen.nets import SegmentationDiscriminator, SPADEGenerator
 
 
-def _images(n: int, channels: int, size: int) -> TensorDataset:
+def image_dataset(n: int, channels: int, size: int) -> TensorDataset:
+    """``n`` random images in [-1, 1) (seeded) with labels ``0, 1, 2, 0, ...``."""
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.rand(n, channels, size, size, generator=g) * 2 - 1, torch.arange(n) % 3)
 
@@ -46,7 +47,7 @@ def gan() -> tuple[LightningModule, Any]:
         discriminator=functools.partial(DCGANDiscriminator, base_channels=8),
         fid_feature=None,
     )
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+    return task, DataLoader(image_dataset(8, 1, 16), batch_size=4)
 
 
 def gan_r1() -> tuple[LightningModule, Any]:
@@ -64,12 +65,12 @@ def vae() -> tuple[LightningModule, Any]:
     task = VAETask(
         channels=1, image_size=16, latent_dim=4, fid_feature=None, warmup_steps=0, kl_warmup_steps=10
     )
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+    return task, DataLoader(image_dataset(8, 1, 16), batch_size=4)
 
 
 def vqvae() -> tuple[LightningModule, Any]:
     task = VQVAETask(channels=1, image_size=16, num_embeddings=16, embedding_dim=4, hidden=8, warmup_steps=0)
-    return task, DataLoader(_images(8, 1, 16), batch_size=4)
+    return task, DataLoader(image_dataset(8, 1, 16), batch_size=4)
 
 
 def mask_to_image() -> tuple[LightningModule, Any]:

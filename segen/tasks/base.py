@@ -199,9 +199,10 @@ class SegenTask(LightningModule):
             shown = self._bar_copies.take(wait=read)  # host tensors: no sync when Lightning reads them
             if shown:
                 self.log_dict(shown, prog_bar=True, batch_size=batch_size)
-        rest = {key: value for key, value in values.items() if key not in prog_bar}
-        if read and rest:
-            self.log_dict(rest, batch_size=batch_size)
+        if read:
+            rest = {key: value for key, value in values.items() if key not in prog_bar}
+            if rest:
+                self.log_dict(rest, batch_size=batch_size)
 
     def _train_logs_are_read(self) -> bool:
         """Whether this training step's logged values reach a logger or the end of an epoch or of the run."""

@@ -17,7 +17,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from task_helpers import quiet_trainer
 from tiny_tasks import gan as tiny_gan
-from torch.utils.data import DataLoader, TensorDataset
+from tiny_tasks import image_dataset
+from torch.utils.data import DataLoader
 
 from segen import SegmentationTask, ShapesDataModule, UNet
 from segen.tasks.base import _HostCopies
@@ -101,9 +102,7 @@ def test_progress_bar_values_are_host_copies_with_each_steps_values(tmp_path):
             bar.append(dict(trainer.progress_bar_metrics))
             seen_tensors.append(trainer.callback_metrics["train/loss_d"])
 
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
-    data = DataLoader(TensorDataset(images, torch.zeros(24, dtype=torch.long)), batch_size=4)
+    data = DataLoader(image_dataset(24, 1, 16), batch_size=4)
     trainer = quiet_trainer(tmp_path, max_steps=10, log_every_n_steps=4, callbacks=[Bar()])
     trainer.fit(task, data)
     assert len(computed) == len(bar) == 5  # five iterations, two optimizer steps each
@@ -121,9 +120,8 @@ def test_cuda_progress_bar_shows_this_or_the_previous_steps_loss_from_host_memor
     has not arrived is not waited for; the default nan_policy's read lets the previous one arrive), and on the
     iterations a logger reads, this iteration's own loss."""
     task, _ = tiny_gan()
-    on_device: list[
-        torch.Tensor
-    ] = []  # loss_d of each iteration, read after the fit (no extra sync during it)
+    # loss_d of each iteration, read after the fit (no extra sync during it)
+    on_device: list[torch.Tensor] = []
     read: list[bool] = []  # whether log_train treated the iteration as one a logger reads
     log_train = task.log_train
 
@@ -143,20 +141,15 @@ def test_cuda_progress_bar_shows_this_or_the_previous_steps_loss_from_host_memor
             else:
                 bar.append((trainer.progress_bar_metrics["train/loss_d"], record._forward_cache.device.type))
 
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(48, 1, 16, 16, generator=g) * 2 - 1
-    loader = DataLoader(TensorDataset(images, torch.zeros(48, dtype=torch.long)), batch_size=4)
+    loader = DataLoader(image_dataset(48, 1, 16), batch_size=4)
     trainer = quiet_trainer(
         tmp_path, accelerator="gpu", devices=1, max_steps=20, log_every_n_steps=4, callbacks=[Bar()]
     )
     trainer.fit(task, loader)
     computed = [float(v) for v in on_device]
     assert len(computed) == len(bar) == 10  # 12 batches per epoch: one epoch, no epoch end
-    assert [i for i, r in enumerate(read) if r] == [
-        3,
-        7,
-        9,
-    ]  # the logger's iterations (every 4th) and the last
+    # the logger's iterations (every 4th) and the last
+    assert [i for i, r in enumerate(read) if r] == [3, 7, 9]
     assert bar[0] is not None or not read[0]
     for i, entry in enumerate(bar[1:], start=1):
         assert entry is not None, i
