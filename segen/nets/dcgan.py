@@ -8,7 +8,9 @@ Discriminator: stride-2 4×4 convolutions with LeakyReLU(0.2), doubling the widt
 no normalisation) → a linear layer on the flattened 4×4 features. When conditional it is a projection discriminator
 (Miyato & Koyama, 2018): ``logit = linear(h) + <embed(y), h>``.
 
-Any power-of-two ``image_size >= 8`` works; the number of blocks follows from it (32 px: 3, 64 px: 4, the paper's).
+Any ``image_size >= 8`` works; the number of blocks follows from it (32 px: 3, 64 px: 4, the paper's). For powers of
+two the networks are the paper's; other sides (28, 48, 100) replace the 4×4 stride-2 kernel by a 3×3 one wherever a
+side is odd (28 = 2·14, 14 = 2·7, 7 = 2·4 − 1), see :func:`side_ladder`.
 The helpers :func:`check_image_size`, :func:`check_labels` and :func:`check_latents` are shared with
 :mod:`segen.nets.stylegan2`, so both families reject bad input with the same messages.
 """
@@ -32,6 +34,8 @@ __all__ = [
     "check_images",
     "check_labels",
     "check_latents",
+    "resample_kernel",
+    "side_ladder",
 ]
 
 
@@ -44,6 +48,28 @@ def check_image_size(owner: str, image_size: int, minimum: int = 8) -> int:
             f"resize or pad the data to a supported size"
         )
     return int(math.log2(image_size))
+
+
+def side_ladder(owner: str, image_size: int) -> list[int]:
+    """The feature-map sides of a DCGAN-style network, from the bottom (3 or 4) up to ``image_size``.
+
+    Each side is the next larger one halved and rounded up: 32 -> [4, 8, 16, 32] (the paper's networks),
+    28 -> [4, 7, 14, 28], 48 -> [3, 6, 12, 24, 48]. Between two sides sits a stride-2 (transposed) convolution with
+    padding 1: a 4×4 kernel where the larger side is even (exactly 2x), a 3×3 kernel where it is odd (2x - 1), see
+    :func:`resample_kernel`. So every side >= 8 works, and each keeps a small bottom map that the discriminator's
+    last layer sees whole.
+    """
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
+        raise ValueError(f"{owner}: image_size must be an integer >= 8 (pixels), got {image_size!r}")
+    sides = [image_size]
+    while sides[-1] > 4:
+        sides.append((sides[-1] + 1) // 2)
+    return sides[::-1]
+
+
+def resample_kernel(small: int, large: int) -> int:
+    """Kernel of the stride-2, padding-1 convolution between sides ``large`` and ``small = ceil(large / 2)``."""
+    return 4 if large == 2 * small else 3
 
 
 def check_positive(owner: str, **values: int | None) -> None:
@@ -107,7 +133,7 @@ class DCGANGenerator(nn.Module):
 
     Args:
         channels: image channels.
-        image_size: output side ``S``, a power of two >= 8 (32 and 64 are the tested sizes).
+        image_size: output side ``S >= 8`` (32 and 64 give the paper's network; 28, 48, ... work too).
         latent_dim: size of ``z``.
         num_classes: class-conditional when set: a label embedding is concatenated with ``z``.
         base_channels: width at ``S/2``; it doubles at every lower resolution (64 px, 64: 512 at 4×4, as in the paper).
@@ -133,7 +159,7 @@ class DCGANGenerator(nn.Module):
             base_channels=base_channels,
             embed_dim=embed_dim,
         )
-        n_up = check_image_size(name, image_size) - 2  # doublings from 4×4 to S×S
+        sides = side_ladder(name, image_size)  # [4, 8, ..., S] for powers of two
         self.channels, self.image_size, self.latent_dim, self.num_classes = (
             channels,
             image_size,
@@ -144,17 +170,18 @@ class DCGANGenerator(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes is not None else None
         in_dim = latent_dim + (embed_dim if num_classes is not None else 0)
 
-        widths = [base_channels * 2**i for i in reversed(range(n_up))]  # at 4×4, 8×8, ..., S/2 × S/2
-        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], 4, 1, 0, bias=False)]
+        n_up = len(sides) - 1
+        widths = [base_channels * 2**i for i in reversed(range(n_up))]  # at sides[0], ..., sides[-2]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, widths[0], sides[0], 1, 0, bias=False)]
         layers += [nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
-        for w_in, w_out in itertools.pairwise(widths):
+        for (w_in, w_out), (small, large) in zip(itertools.pairwise(widths), itertools.pairwise(sides)):
             # No bias before BatchNorm: its shift replaces it.
             layers += [
-                nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
+                nn.ConvTranspose2d(w_in, w_out, resample_kernel(small, large), 2, 1, bias=False),
                 nn.BatchNorm2d(w_out),
                 nn.ReLU(True),
             ]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, resample_kernel(*sides[-2:]), 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.reset_parameters()
 
@@ -190,7 +217,7 @@ class DCGANDiscriminator(nn.Module):
 
     Args:
         channels: image channels.
-        image_size: input side ``S``, a power of two >= 8.
+        image_size: input side ``S >= 8``.
         num_classes: class-conditional when set: projection discriminator, ``linear(h) + <embed(y), h>``.
         base_channels: width after the first convolution; it doubles at every halving of the resolution.
         norm: ``"spectral"`` (default), ``"batch"`` (the paper's) or ``"none"`` (for WGAN-GP).
@@ -213,17 +240,21 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_positive(name, channels=channels, num_classes=num_classes, base_channels=base_channels)
-        n_down = check_image_size(name, image_size) - 2  # halvings from S×S to 4×4
+        sides = side_ladder(name, image_size)[::-1]  # [S, ..., 8, 4] for powers of two
         make_norm, wrap = lookup("norm", norm, D_NORMS)
         self.channels, self.image_size, self.num_classes, self.norm = channels, image_size, num_classes, norm
 
-        widths = [base_channels * 2**i for i in range(n_down)]  # after each stride-2 convolution
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
-        for w_in, w_out in itertools.pairwise(widths):
-            conv = nn.Conv2d(w_in, w_out, 4, 2, 1, bias=norm != "batch")  # no bias before BatchNorm
+        widths = [base_channels * 2**i for i in range(len(sides) - 1)]  # after each stride-2 convolution
+        kernels = [resample_kernel(small, large) for large, small in itertools.pairwise(sides)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, widths[0], kernels[0], 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for w_in, w_out, k in zip(widths, widths[1:], kernels[1:]):
+            conv = nn.Conv2d(w_in, w_out, k, 2, 1, bias=norm != "batch")  # no bias before BatchNorm
             layers += [conv, make_norm(w_out), nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
-        feature_dim = widths[-1] * 4 * 4
+        feature_dim = widths[-1] * sides[-1] ** 2
         self.linear = nn.Linear(feature_dim, 1)  # = the paper's final 4×4 convolution
         self.embed = nn.Embedding(num_classes, feature_dim) if num_classes is not None else None
 
@@ -239,7 +270,7 @@ class DCGANDiscriminator(nn.Module):
         name = type(self).__name__
         check_images(name, images, self.channels, self.image_size)
         check_labels(name, self.num_classes, labels, images.shape[0])
-        h = self.features(images).flatten(1)  # (B, C, S, S) -> (B, c * 4 * 4)
+        h = self.features(images).flatten(1)  # (B, C, S, S) -> (B, c * 4 * 4) (3 * 3 for some sides)
         logits = self.linear(h).squeeze(1)  # (B,)
         if self.embed is not None:
             logits = logits + (self.embed(labels) * h).sum(dim=1)  # projection term <embed(y), h>

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
-from segen.nets.dcgan import check_image_size, check_latents, check_positive
+from segen.nets.dcgan import check_latents, check_positive
 from segen.nets.unet import UNet
 
 __all__ = [
@@ -126,6 +126,20 @@ def _conv(
 
 
 # ---------------------------------------------------------------------------------------------------- generator
+def _halvings(owner: str, image_size: int) -> int:
+    """The default number of SPADE upsamplings for ``image_size``: halve while the side is even and >= 8, so the
+    coarsest map is 4×4 for powers of two and 5×5 to 7×7 for sides such as 20, 28 or 48."""
+    side, halvings = image_size, 0
+    while isinstance(side, int) and side >= 8 and side % 2 == 0:
+        side, halvings = side // 2, halvings + 1
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or halvings == 0 or side > 7:
+        raise ValueError(
+            f"{owner}: image_size={image_size!r} sets no number of upsamplings: it needs a side that is 4, 5, 6 or 7 "
+            f"times a power of two (e.g. 28, 32, 48, 64); give num_blocks=n for masks whose sides are divisible by 2**n"
+        )
+    return halvings
+
+
 class SPADE(nn.Module):
     """Spatially-adaptive normalisation: ``(B, C, H, W)`` features and ``(B, K, h, w)`` masks → ``(B, C, H, W)``.
 
@@ -239,8 +253,9 @@ class SPADEGenerator(nn.Module):
     Args:
         num_classes: channels ``K`` of the masks.
         channels: image channels.
-        image_size: only sets the default ``num_blocks = log2(image_size) - 2`` (upsamplings from 4×4 to
-            ``image_size``); a power of two >= 8 then.
+        image_size: only sets the default ``num_blocks``: the upsamplings from 4×4 to ``image_size``
+            (``log2(image_size) - 2``), or from 5×5, 6×6 or 7×7 for sides such as 20, 28 or 48 (the generator
+            upsamples by exactly 2 with nearest neighbours, so its masks need sides divisible by ``2**n``).
         latent_dim: size of ``z``.
         base_channels: width at full resolution; it doubles at each coarser one, capped at ``max_channels``.
         max_channels: upper bound of the width.
@@ -274,7 +289,7 @@ class SPADEGenerator(nn.Module):
             hidden=hidden,
         )
         if num_blocks is None:
-            num_blocks = check_image_size(name, image_size) - 2
+            num_blocks = _halvings(name, image_size)
         else:
             check_positive(name, image_size=image_size)
         self.num_classes, self.channels, self.image_size = num_classes, channels, image_size

@@ -10,6 +10,8 @@ Kept tiny (widths 8–16, batch 2–4, 32–64 px) so the file runs in seconds o
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,8 +177,8 @@ def test_same_seed_same_networks_and_samples(family):
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"image_size": 48}, r"image_size must be a power of two >= 8.*got 48"),
-        ({"image_size": 4}, r"image_size must be a power of two >= 8.*got 4"),
+        ({"image_size": 7}, r"image_size must be .*>= 8.*got 7"),
+        ({"image_size": 4}, r"image_size must be .*>= 8.*got 4"),
         ({"channels": 0}, r"channels must be an integer >= 1, got 0"),
         ({"num_classes": 0}, r"num_classes must be an integer >= 1, got 0"),
     ],
@@ -187,6 +189,52 @@ def test_bad_sizes_are_named(family, kwargs, pattern):
     for cls, small in ((g_cls, g_small), (d_cls, d_small)):
         with pytest.raises(ValueError, match=pattern):
             cls(**args, **small)
+
+
+def test_stylegan2_needs_a_power_of_two():
+    for cls, small in (
+        (StyleGAN2Generator, FAMILIES["stylegan2"][2]),
+        (StyleGAN2Discriminator, FAMILIES["stylegan2"][3]),
+    ):
+        with pytest.raises(ValueError, match=r"StyleGAN2\w+: image_size must be a power of two >= 8.*got 48"):
+            cls(channels=3, image_size=48, **small)
+
+
+@pytest.mark.parametrize(
+    ("size", "sides"),
+    [
+        (28, [4, 7, 14, 28]),
+        (48, [3, 6, 12, 24, 48]),
+        (20, [3, 5, 10, 20]),
+        (9, [3, 5, 9]),
+        (32, [4, 8, 16, 32]),
+    ],
+)
+@pytest.mark.parametrize("num_classes", [None, K])
+def test_dcgan_takes_any_side_from_8(size, sides, num_classes):
+    """An odd side is reached by a 3x3 stride-2 layer (2x - 1), an even one by the paper's 4x4 (2x)."""
+    g, d = make_pair("dcgan", size, num_classes, channels=1)
+    kernels = [m.kernel_size[0] for m in g.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert kernels == [sides[0]] + [4 if b == 2 * a else 3 for a, b in itertools.pairwise(sides)]
+    d_kernels = [m.kernel_size[0] for m in d.features if isinstance(m, torch.nn.Conv2d)]
+    assert d_kernels == kernels[:0:-1]  # the discriminator mirrors the generator
+    last_conv = [m for m in d.features if isinstance(m, torch.nn.Conv2d)][-1]
+    assert d.linear.in_features == last_conv.out_channels * sides[0] ** 2
+    z, labels = inputs(num_classes, 3)
+    images = g(z, labels)
+    assert images.shape == (3, 1, size, size)
+    logits = d(images, labels)
+    assert logits.shape == (3,)
+    logits.sum().backward()
+    assert without_grad(g) == [] and without_grad(d) == []
+
+
+def test_dcgan_power_of_two_sizes_keep_the_papers_layout():
+    g, d = make_pair("dcgan", 64)  # 4x4 -> 8 -> 16 -> 32 -> 64: one 4x4 projection and 4 doublings
+    kernels = [m.kernel_size for m in g.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert kernels == [(4, 4)] * 5
+    assert [m.stride for m in g.net if isinstance(m, torch.nn.ConvTranspose2d)] == [(1, 1)] + [(2, 2)] * 4
+    assert d.linear.in_features == 8 * 2**3 * 16  # base 8, 4 halvings, 4x4 features
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

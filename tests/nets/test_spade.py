@@ -229,8 +229,10 @@ def test_generator_input_errors():
         g(z, random_masks(3, 32, 32))
     with pytest.raises(ValueError, match=r"latents z of shape \(B, 8\)"):
         g(torch.randn(2, LATENT + 1), random_masks(2, 32, 32))
-    with pytest.raises(ValueError, match="image_size must be a power of two"):
-        SPADEGenerator(K, image_size=48)
+    with pytest.raises(ValueError, match=r"image_size=36 sets no number of upsamplings.*give num_blocks=n"):
+        SPADEGenerator(K, image_size=36)
+    assert SPADEGenerator(K, image_size=48, **SMALL_G).num_blocks == 3  # 6x6 -> 48x48
+    assert SPADEGenerator(K, image_size=64, **SMALL_G).num_blocks == 4  # 4x4 -> 64x64
     assert (
         SPADEGenerator(K, image_size=48, num_blocks=2, **SMALL_G).num_blocks == 2
     )  # explicit blocks: any size

@@ -209,6 +209,25 @@ def test_one_epoch_on_digits_stays_finite_and_logs_fid(tmp_path, monkeypatch):
     assert gan.generator_steps == len(dm.train_dataloader())
 
 
+def test_default_nets_train_at_28_px_and_score_with_the_digits_features(tmp_path, monkeypatch):
+    """MNIST's side is 28 px, not a power of two: the default DCGAN pair goes 4 -> 7 -> 14 -> 28 and back."""
+    from segen import DigitsDataModule
+
+    monkeypatch.setenv("SEGEN_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    dm = DigitsDataModule(image_size=28, batch_size=32)
+    gan = GANTask(channels=1, image_size=28, fid_samples=64)
+    kernels = [m.kernel_size[0] for m in gan.generator.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert kernels == [4, 3, 4, 4]
+    fit = trainer(
+        tmp_path, max_steps=8, limit_val_batches=1, val_check_interval=4, check_val_every_n_epoch=None
+    )
+    fit.fit(gan, dm)
+    assert gan.sample(3).shape == (3, 1, 28, 28)
+    assert all(torch.isfinite(p).all() for p in gan.parameters())
+    assert fit.callback_metrics["val/fid"] > 0 and torch.isfinite(fit.callback_metrics["val/kid"])
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import sys, torch

@@ -70,6 +70,24 @@ def test_training_lowers_the_negative_elbo(tmp_path):
     assert after < 0.75 * before, (before, after)  # nats per held-out image
 
 
+def test_sides_that_are_not_powers_of_two_train(tmp_path):
+    """28 px (MNIST's side): 28 -> 14 -> 7 -> 4 in the encoder, back up in the decoder (``side_ladder``)."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule(image_size=28, batch_size=64, binarize=True)
+    dm.setup("fit")
+    images = torch.stack([dm.val_dataset[i][0] for i in range(64)])  # (64, 1, 28, 28)
+    vae = VAETask(channels=1, image_size=28, latent_dim=8, likelihood="bernoulli", warmup_steps=0, lr=3e-3)
+    assert vae.decoder.sides == [4, 7, 14, 28]  # 4 -> 7 is a 3x3 transposed convolution (2x - 1)
+    assert vae.encoder.head.in_features == vae.encoder.features[-3].out_channels * 16
+    assert vae.reconstruct(images[:4]).shape == (4, 1, 28, 28) and vae.sample(3).shape == (3, 1, 28, 28)
+    state = vae.noise_rng.get_state()
+    before = vae.compute_elbo(images, None).loss.item()
+    trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(vae, dm)
+    vae.noise_rng.set_state(state)
+    after = vae.compute_elbo(images, None).loss.item()
+    assert after < 0.75 * before, (before, after)  # nats per held-out image
+
+
 def test_kl_warmup_ramps_beta():
     vae = VAETask(channels=1, image_size=16, beta=4.0, kl_warmup_steps=10)
     assert vae.kl_weight() == pytest.approx(0.4)  # step 0 of 10: (0 + 1) / 10 of beta
