@@ -103,7 +103,21 @@ BATCH_CASES = {
     ),
     "mask with a channel axis": (
         _seg_step, torch.randn(2, 3, 16, 16), _long(2, 1, 16, 16), ValueError,
-        r"mask shape \(2, 1, 16, 16\) does not match image shape \(2, 3, 16, 16\); expected masks \(B, H, W\)",
+        r"mask shape \(2, 1, 16, 16\) does not match image shape \(2, 3, 16, 16\); expected masks \(B, H, W\) = "
+        r"\(2, 16, 16\); drop the channel dimension of the masks in the data set \(mask\[0\] per item\)",
+    ),
+    "uint8 images": (
+        _seg_step, torch.zeros(2, 3, 16, 16, dtype=torch.uint8), _long(2, 16, 16), TypeError,
+        r"SegmentationTask: images must be floating point \(normalised.*\), got torch\.uint8; convert them in the data "
+        r"set, e\.g\. torchvision\.transforms\.v2\.ToDtype\(torch\.float32, scale=True\)",
+    ),
+    "float64 images": (
+        _seg_step, torch.zeros(2, 3, 16, 16, dtype=torch.float64), _long(2, 16, 16), TypeError,
+        r"SegmentationTask: images are float64 but the weights are torch\.float32;.*precision='64-true'",
+    ),
+    "mask-to-image: uint8 images": (
+        _m2i_step, torch.zeros(2, 3, 16, 16, dtype=torch.uint8), _long(2, 16, 16), TypeError,
+        r"MaskToImageTask: images must be floating point \(in \[-1, 1\]\), got torch\.uint8",
     ),
     "float mask": (
         _seg_step, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16), TypeError,
@@ -156,6 +170,58 @@ def test_generation_tasks_name_the_image_shape_they_expected(family):
     unpack = task._unpack if hasattr(task, "_unpack") else task._images
     with pytest.raises(ValueError, match=pattern + r"; set channels/image_size to the data's"):
         unpack((images, torch.zeros(2, dtype=torch.long)))
+
+
+def test_a_batch_that_is_not_images_and_masks_is_named():
+    images, masks = torch.randn(2, 3, 16, 16), _long(2, 16, 16)
+    with pytest.raises(TypeError, match=r"SegmentationTask: a batch must be \(images, masks\), got a dict with keys "
+                       r"\['image', 'mask'\]"):  # fmt: skip
+        SEG().training_step({"image": images, "mask": masks}, 0)
+    with pytest.raises(TypeError, match=r"a batch must be \(images, masks\), got a tuple of 3 \(a torch\.float32 "
+                       r"tensor of shape \(2, 3, 16, 16\), a torch\.int64 tensor of shape \(2, 16, 16\), a str\)"):  # fmt: skip
+        SEG().training_step((images, masks, "extra"), 0)
+
+
+@pytest.mark.parametrize("family", list(GENERATION_BATCH_CASES))
+def test_generation_tasks_name_integer_images_and_batches_they_cannot_read(family):
+    task = FAMILIES[family]()[0]
+    unpack = task._unpack if hasattr(task, "_unpack") else task._images
+    name = type(task).__name__
+    pixels = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
+    with pytest.raises(
+        TypeError, match=rf"{name}: images must be floating point \(in \[-1, 1\]\), got torch\.uint8"
+    ):
+        unpack((pixels, torch.zeros(2, dtype=torch.long)))
+    with pytest.raises(TypeError, match=rf"{name}: a batch must be \(images, labels\), \(images,\) or an image tensor, "
+                       r"got a dict with keys \['image', 'label'\]"):  # fmt: skip
+        unpack({"image": pixels.float(), "label": torch.zeros(2)})
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "vqvae"])
+def test_generation_tasks_train_on_a_tensor_dataset_of_images_alone(family, tmp_path):
+    """``TensorDataset(images)`` yields 1-tuples, a bare tensor batch is a tensor: both are unconditional batches."""
+    task = FAMILIES[family]()[0]
+    images = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    before = [p.detach().clone() for p in task.parameters()]
+    fit = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    fit.fit(task, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=4))
+    assert fit.global_step == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.parameters()))
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+@pytest.mark.parametrize("family", ["segmentation", "gan", "vae", "vqvae", "mask_to_image"])
+def test_every_family_trains_with_weights_in_bf16_or_float64(family, precision, tmp_path):
+    """Under "bf16-true" / "64-true" Lightning casts the weights and the float inputs and sets torch's default dtype;
+    a tensor a step builds as float32 (a one-hot target, images cast with .float()) would meet the other dtype."""
+    task, data = FAMILIES[family]()
+    fit = quiet_trainer(
+        tmp_path, max_steps=2, limit_val_batches=1, precision=precision, num_sanity_val_steps=0
+    )
+    fit.fit(task, data)
+    dtype = torch.bfloat16 if precision == "bf16-true" else torch.float64
+    assert fit.global_step >= 2
+    assert all(p.dtype == dtype and torch.isfinite(p).all() for p in task.parameters())
 
 
 # ============================================================================================ names

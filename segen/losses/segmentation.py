@@ -218,11 +218,13 @@ def _valid_and_onehot(target: Tensor, num_classes: int, ignore_index: int) -> tu
     target = target.long()
     valid = target != ignore_index  # (B, H, W)
     safe = target.masked_fill(~valid, 0)  # (B, H, W) ignore -> class 0, masked out below
-    valid_f = valid.unsqueeze(1).float()  # (B, 1, H, W)
+    # explicit float32: under Trainer(precision="bf16-true" / "64-true") Lightning changes torch's default dtype
+    valid_f = valid.unsqueeze(1).to(torch.float32)  # (B, 1, H, W)
     # scatter into a contiguous (B, K, H, W) tensor: F.one_hot(...).permute(...) would keep channels-last strides,
     # and every product with the contiguous probabilities would then run on mismatched strides (1.8x slower loss)
     shape = (target.shape[0], num_classes, *target.shape[1:])
-    onehot = torch.zeros(shape, device=target.device).scatter_(1, safe.unsqueeze(1), valid_f)  # (B, K, H, W)
+    onehot = torch.zeros(shape, dtype=torch.float32, device=target.device)
+    onehot.scatter_(1, safe.unsqueeze(1), valid_f)  # (B, K, H, W)
     return valid_f, onehot
 
 

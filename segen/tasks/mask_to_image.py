@@ -62,6 +62,7 @@ from segen.nets.spade import (
 )
 from segen.registry import lookup
 from segen.tasks._parts import drop_object_hparams, own_hyperparameters, resolve_checkpoint
+from segen.tasks.batches import check_image_dtype, describe_batch
 from segen.tasks.gan import DiscriminatorFactory, GANTask, GeneratorFactory
 
 __all__ = ["MaskToImageTask"]
@@ -280,7 +281,7 @@ class MaskToImageTask(GANTask):
                     f"MaskToImageTask: one-hot masks with {masks.shape[1]} channels, expected num_classes="
                     f"{self.num_classes}"
                 )
-            return masks.float()
+            return masks.to(torch.get_default_dtype())  # as one_hot_masks: the weights' dtype inside a step
         ids = masks.long()
         if validate:  # the message of the on_before_batch_transfer check, whichever path finds a bad id
             check_class_ids(ids, self.num_classes, self.ignore_index, owner="MaskToImageTask")
@@ -311,9 +312,11 @@ class MaskToImageTask(GANTask):
         self._masks_checked_on_host = False  # the mark is used up by this step
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError(
-                "MaskToImageTask: batches must be (images, masks) pairs from a segmentation data set"
+                "MaskToImageTask: batches must be (images, masks) pairs from a segmentation data set, got "
+                f"{describe_batch(batch)}"
             )
         images, masks = batch[0], batch[1]
+        check_image_dtype("MaskToImageTask", images, self.dtype, "in [-1, 1]")
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(
                 f"MaskToImageTask: images of shape {tuple(images.shape)}, expected (B, {self.channels}, H, W)"
@@ -323,7 +326,8 @@ class MaskToImageTask(GANTask):
                 f"MaskToImageTask: masks of shape {tuple(masks.shape)} for images of shape {tuple(images.shape)}; "
                 "expected (B, H, W) class ids of the images' size"
             )
-        return self.to_generator_range(images.float()), self._one_hot(masks, validate=not checked)
+        # the weights' dtype, not float32: under Trainer(precision="bf16-true" / "64-true") the nets are bf16 / float64
+        return self.to_generator_range(images.to(self.dtype)), self._one_hot(masks, validate=not checked)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

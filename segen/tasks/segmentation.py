@@ -31,6 +31,7 @@ from segen.nets.unet import UNet
 from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.base import SegenTask, check_nan_policy
+from segen.tasks.batches import check_image_dtype, describe_batch
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["NETS", "NetFactory", "SegmentationTask", "build_net"]
@@ -150,9 +151,17 @@ class SegmentationTask(SegenTask):
                 f"with in_channels={self.in_channels}"
             )
         if masks.shape != images.shape[:1] + images.shape[2:]:
+            channel = (
+                masks.ndim == 4 and masks.shape[1] == 1
+            )  # (B, 1, H, W): read_image's layout of a mask file
             raise ValueError(
                 f"SegmentationTask: mask shape {tuple(masks.shape)} does not match image shape "
                 f"{tuple(images.shape)}; expected masks (B, H, W) = {(images.shape[0], *images.shape[2:])}"
+                + (
+                    "; drop the channel dimension of the masks in the data set (mask[0] per item)"
+                    if channel
+                    else ""
+                )
             )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -175,7 +184,12 @@ class SegmentationTask(SegenTask):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[dict[str, Tensor], Tensor]:
         checked = self._masks_checked_on_host  # this batch's masks were checked on the host
         self._masks_checked_on_host = False  # the mark is used up by this step
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(f"SegmentationTask: a batch must be (images, masks), got {describe_batch(batch)}")
         images, masks = batch  # (B, C, H, W), (B, H, W)
+        check_image_dtype(
+            "SegmentationTask", images, self.dtype, "normalised, e.g. by transforms.v2.Normalize"
+        )
         self._check_batch(images, masks)
         window = self.hparams.get("val_window")
         if stage != "train" and window is not None:

@@ -26,6 +26,7 @@ from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.registry import lookup
 from segen.tasks._parts import build_module, drop_object_hparams
 from segen.tasks.base import SegenTask, check_nan_policy
+from segen.tasks.batches import check_image_dtype, generation_batch
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VAETask"]
@@ -171,7 +172,8 @@ class VAETask(SampleQualityHooks, SegenTask):
 
     # ------------------------------------------------------------------ training
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        images, labels = generation_batch("VAETask", batch)
+        check_image_dtype("VAETask", images, self.dtype, "in [-1, 1]")
         if images.ndim != 4 or images.shape[1:] != (self.channels, self.image_size, self.image_size):
             raise ValueError(
                 f"VAETask: images of shape {tuple(images.shape)}, expected (B, {self.channels}, {self.image_size}, "

@@ -31,6 +31,7 @@ from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.pixelcnn import GatedPixelCNN
 from segen.tasks._parts import build_module, drop_object_hparams, own_hyperparameters, resolve_checkpoint
 from segen.tasks.base import CheckpointMismatchError, SegenTask, check_nan_policy
+from segen.tasks.batches import check_image_dtype, generation_batch
 from segen.tasks.optim import configure_optimizers
 from segen.tasks.vqvae import VQVAETask
 
@@ -183,8 +184,8 @@ class VQPriorTask(SampleQualityHooks, SegenTask):
 
     # ------------------------------------------------------------------ training
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        items = batch if isinstance(batch, (tuple, list)) else (batch,)
-        images, labels = items[0], (items[1] if len(items) > 1 else None)
+        images, labels = generation_batch("VQPriorTask", batch)
+        check_image_dtype("VQPriorTask", images, self.vqvae.dtype, "in [-1, 1]")
         if self.num_classes and labels is None:
             raise ValueError(
                 "VQPriorTask: num_classes is set (a conditional prior) but the batch has no labels"

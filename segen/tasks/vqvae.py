@@ -19,6 +19,7 @@ from torch import Tensor
 from segen.nets.vq import VectorQuantizer, VQDecoder, VQEncoder, VQOutput
 from segen.tasks._parts import drop_object_hparams
 from segen.tasks.base import SegenTask, check_nan_policy
+from segen.tasks.batches import check_image_dtype, generation_batch
 from segen.tasks.optim import configure_optimizers
 
 __all__ = ["VQVAETask"]
@@ -108,7 +109,8 @@ class VQVAETask(SegenTask):
         return side, side
 
     def _images(self, batch: Any) -> Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images = generation_batch("VQVAETask", batch)[0]
+        check_image_dtype("VQVAETask", images, self.dtype, "in [-1, 1]")
         if images.ndim != 4 or images.shape[1:] != (self.channels, self.image_size, self.image_size):
             raise ValueError(
                 f"VQVAETask: images of shape {tuple(images.shape)}, expected (B, {self.channels}, "
