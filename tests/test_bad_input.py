@@ -172,6 +172,12 @@ def test_generation_tasks_name_the_image_shape_they_expected(family):
         unpack((images, torch.zeros(2, dtype=torch.long)))
 
 
+def test_one_class_segmentation_points_to_two_classes():
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 2, got 1; binary segmentation is "
+                       r"num_classes=2 \(background 0 and foreground 1"):  # fmt: skip
+        SegmentationTask(num_classes=1, in_channels=3)
+
+
 def test_a_batch_that_is_not_images_and_masks_is_named():
     images, masks = torch.randn(2, 3, 16, 16), _long(2, 16, 16)
     with pytest.raises(TypeError, match=r"SegmentationTask: a batch must be \(images, masks\), got a dict with keys "

@@ -111,7 +111,15 @@ class SegmentationTask(SegenTask):
         super().__init__()
         check_nan_policy(nan_policy)
         if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"SegmentationTask: num_classes must be an integer >= 2, got {num_classes!r}")
+            binary = (
+                "; binary segmentation is num_classes=2 (background 0 and foreground 1, softmax over both), "
+                "not one sigmoid channel"
+                if num_classes == 1
+                else ""
+            )
+            raise ValueError(
+                f"SegmentationTask: num_classes must be an integer >= 2, got {num_classes!r}{binary}"
+            )
         self.save_hyperparameters()
         # Objects that are not config (a module or callable built in Python) are not stored as hyper-parameters, so
         # checkpoints stay loadable with weights_only=True. From a config (the CLI) they are stored as class_path dicts

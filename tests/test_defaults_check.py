@@ -1,0 +1,46 @@
+"""experiments/scripts/defaults_check.py: its two procedural data sets are what they claim, and a run reports metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "scripts" / "defaults_check.py"
+
+
+@pytest.fixture(scope="module")
+def check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("defaults_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_textures_fill_voronoi_cells_with_four_classes_not_told_apart_by_brightness(check):
+    images, masks = check.textures(24, size=32, seed=3).tensors
+    assert images.shape == (24, 1, 32, 32) and masks.shape == (24, 32, 32) and masks.dtype == torch.long
+    assert set(masks.unique().tolist()) == {0, 1, 2, 3}
+    means = [float(images[:, 0][masks == k].mean()) for k in range(4)]
+    assert max(means) - min(means) < 0.15  # brightness is random per cell: the class is in the texture
+    again = check.textures(24, size=32, seed=3).tensors
+    assert torch.equal(images, again[0]) and torch.equal(masks, again[1])  # a pure function of the seed
+
+
+def test_digits_label_the_ink_of_digits_zero_to_three(check):
+    images, masks = check.digits(24, seed=1).tensors
+    assert images.shape == (24, 1, 64, 64) and masks.shape == (24, 64, 64)
+    assert set(masks.unique().tolist()) <= {0, 1, 2, 3, 4} and len(masks.unique()) >= 4
+    ink = masks > 0
+    assert float(images[:, 0][ink].min()) > 0.35 - 1e-6  # labelled pixels are the digits' ink
+    assert 0.01 < float(ink.float().mean()) < 0.3
+    assert not torch.equal(images, check.digits(24, seed=2).tensors[0])
+
+
+def test_a_run_trains_the_default_task_and_reports_validation_metrics(check):
+    metrics = check.run("textures", None, epochs=1, n_train=16, n_val=8, seed=0)
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["val/dice"] <= 1.0
+    assert metrics["seconds"] > 0
