@@ -3,10 +3,12 @@ checkpoint, resume for the rest; and the same from a checkpoint written in the m
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -14,6 +16,15 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from segen.callbacks.checkpoint import AtomicCheckpointIO, SegenCheckpoint
+
+
+def experiment_script(name: str) -> ModuleType:
+    """Import ``experiments/scripts/<name>.py`` (not a package) as a module, for the tests of that script."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def quiet_trainer(tmp_path: Path, **kwargs) -> Trainer:

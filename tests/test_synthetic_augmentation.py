@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 from PIL import Image
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "scripts" / "synthetic_augmentation.py"
+from task_helpers import experiment_script
 
 TINY = [
     "--image-size=16",
@@ -34,10 +31,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("synthetic_augmentation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("synthetic_augmentation")
 
 
 def table_rows(table: str) -> list[list[str]]:
