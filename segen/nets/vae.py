@@ -1,9 +1,10 @@
 """Convolutional VAE encoder and decoder, optionally class-conditional (a conditional VAE).
 
 Encoder: stride-2 convolutions halve the image down to 4x4 -> a linear layer to ``(mu, logvar)`` of ``q(z|x)``.
-Decoder: a linear layer to 4x4 -> transposed convolutions double it back (any side >= 8: an odd side is reached by a
-3x3 kernel instead of 4x4, and some sides bottom out at 3x3; :func:`segen.nets.dcgan.side_ladder`) -> ``out_per_channel`` maps per image channel
-(1: a mean or Bernoulli logits; 2: mean and log-scale of the discretised logistic). With ``num_classes=K`` a label
+Decoder: a linear layer to 4x4 -> transposed convolutions double it back -> ``out_per_channel`` maps per image
+channel (1: a mean or Bernoulli logits; 2: mean and log-scale of the discretised logistic). Any side >= 8 works: an
+odd side is reached by a 3x3 kernel instead of 4x4, and some sides bottom out at 3x3
+(:func:`segen.nets.dcgan.side_ladder`). With ``num_classes=K`` a label
 embedding is concatenated to the encoder's flattened features and to ``z`` (Sohn et al. 2015), so ``q(z|x, y)`` and
 ``p(x|z, y)`` both see the class. GroupNorm keeps both nets independent of the batch size (and of batch
 composition, which matters for likelihood evaluation).
