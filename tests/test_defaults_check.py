@@ -38,3 +38,9 @@ def test_a_run_trains_the_default_task_and_reports_validation_metrics(check):
     metrics = check.run("textures", None, epochs=1, n_train=16, n_val=8, seed=0)
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["val/dice"] <= 1.0
     assert metrics["seconds"] > 0
+
+
+def test_digits10_labels_all_ten_digits(check):
+    _, masks = check.digits(200, seed=1, num_digits=10).tensors
+    assert set(masks.unique().tolist()) == set(range(11))
+    assert check.SETS["digits10"][1] == 11

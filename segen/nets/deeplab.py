@@ -20,6 +20,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from segen.nets.unet import init_classifier
 from segen.registry import lookup
 
 __all__ = ["BACKBONES", "DeepLabV3", "DeepLabV3Plus", "build_backbone"]
@@ -312,7 +313,7 @@ class ASPP(nn.Module):
 
 
 def _init_new_layers(modules: Sequence[nn.Module], classifier: nn.Conv2d) -> None:
-    """He init for the ReLU convolutions of the head; a small classifier so that the first logits are near uniform."""
+    """He init for the ReLU convolutions of the head; the classifier by :func:`~segen.nets.unet.init_classifier`."""
     for module in modules:
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
@@ -322,8 +323,7 @@ def _init_new_layers(modules: Sequence[nn.Module], classifier: nn.Conv2d) -> Non
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-    nn.init.normal_(classifier.weight, std=0.01)
-    nn.init.zeros_(classifier.bias)
+    init_classifier(classifier)
 
 
 # ---------------------------------------------------------------------------------------------------- networks

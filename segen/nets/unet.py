@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from segen.registry import lookup
 
-__all__ = ["NORMS", "UNet", "make_norm"]
+__all__ = ["NORMS", "UNet", "init_classifier", "make_norm"]
 
 
 def _group_norm(channels: int) -> nn.Module:
@@ -38,6 +38,20 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 def make_norm(norm: str, channels: int) -> nn.Module:
     """Normalisation layer by name: ``batch``, ``group``, ``instance`` or ``none``."""
     return lookup("norm", norm, NORMS)(channels)
+
+
+def init_classifier(conv: nn.Conv2d) -> None:
+    """Initialise a per-pixel classifier: PyTorch's default weights (uniform, std ``1/sqrt(3 fan_in)``), zero bias.
+
+    Not a tiny (``std=0.01``) classifier, although that gives near-uniform first logits: its class vectors start
+    almost equal, and while the net first learns object against background they grow together, so the gradient sent
+    back into the net says "object" and nothing about which class. Measured on digits-on-canvas (5 classes,
+    ``experiments/scripts/defaults_check.py``): with ``std=0.01`` the U-Net found every digit's ink but gave every
+    digit the same class for 2100 steps (val/mIoU 0.184 after 400); with this init, 0.928 after 400 steps.
+    """
+    conv.reset_parameters()
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 class DoubleConv(nn.Sequential):
@@ -113,7 +127,7 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation for the ReLU convolutions; a small head so the first logits are near uniform."""
+        """He initialisation for the ReLU convolutions; the head by :func:`init_classifier` (not a tiny one)."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -122,8 +136,7 @@ class UNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        init_classifier(self.head)
 
     @property
     def size_multiple(self) -> int:

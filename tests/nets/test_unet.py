@@ -36,10 +36,20 @@ def test_padding_does_not_leak_into_valid_region_shape_and_is_deterministic():
     assert out1.shape == (1, 2, 13, 13)
 
 
-def test_initial_logits_are_near_uniform():
+def test_initial_classifier_is_not_symmetric_and_its_logits_are_moderate():
+    # a tiny (std 0.01) classifier starts with near-equal class vectors: the symmetry that kept digits-on-canvas
+    # at "every digit is the same class" (see init_classifier); PyTorch's default init breaks it
     net = UNet(in_channels=3, num_classes=4, base_channels=8, depth=2).eval()
-    probs = net(torch.randn(2, 3, 32, 32)).softmax(1)
-    assert (probs - 0.25).abs().max() < 0.1
+    weight = net.head.weight.flatten(1)  # (K, C)
+    assert torch.equal(net.head.bias, torch.zeros(4))
+    assert (
+        0.8 / 8**0.5 / 3**0.5 < float(weight.std()) < 1.2 / 8**0.5 / 3**0.5
+    )  # std 1/sqrt(3 fan_in), fan_in 8
+    cosine = torch.nn.functional.normalize(weight, dim=1) @ torch.nn.functional.normalize(weight, dim=1).T
+    assert float((cosine - torch.eye(4)).abs().max()) < 0.99  # no two class vectors point the same way
+    with torch.no_grad():
+        logits = net(torch.randn(2, 3, 32, 32))  # (2, 4, 32, 32)
+    assert 0.05 < float(logits.std()) < 2.0  # neither saturated softmax nor near-equal logits
 
 
 def test_wrong_channel_count_names_both_counts():
