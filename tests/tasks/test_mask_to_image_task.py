@@ -288,7 +288,7 @@ def test_segmentation_losses_are_the_class_balanced_cross_entropies():
     assert torch.allclose(parts["d_real"], 1 - real_logits.softmax(1)[:, 3].mean(), atol=1e-6)
     m2i.noise_rng.set_state(state)
     g_parts = m2i.generator_loss(2, masks, real)
-    assert torch.allclose(g_parts["loss"], balanced(fake_logits), atol=1e-5)
+    assert torch.allclose(g_parts["loss"], balanced(fake_logits), rtol=1e-4)  # two float32 paths: ~3e-5 apart
     g_parts["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m2i.generator.parameters())
 
@@ -320,7 +320,9 @@ def test_segmentation_discriminator_trains_the_generator_to_paint_the_mask(tmp_p
     fit = quiet_trainer(tmp_path, max_steps=2 * 150, limit_val_batches=0)
     fit.fit(m2i, DataLoader(train, batch_size=8, shuffle=True))
     after = nearest_colour_accuracy(m2i.generate(masks), masks)
-    assert before < 0.6 and after > 0.95, (before, after)  # measured: 0.07 -> 0.99
+    # measured: 0.08 -> 0.92; 0.99 with the discriminator's old std-0.01 classifier, which on the shapes config
+    # gave a lower segmentation score (0.382 after one epoch, against 0.548 now; README, "Mask-to-image synthesis")
+    assert before < 0.6 and after > 0.85, (before, after)
     metrics = fit.callback_metrics
     assert all(torch.isfinite(metrics[k]) for k in ("train/loss_g", "train/loss_d", "train/d_real"))
     assert "train/feature_matching" not in metrics
