@@ -141,13 +141,13 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    default = inspect.signature(SegmentationTask).parameters["lr"].default
     print("| data set | lr | val/mIoU | val/dice | time |")
     print("| --- | --- | --- | --- | --- |")
     for name in args.sets:
         for lr_text in args.lrs:
             lr = None if lr_text == "default" else float(lr_text)
             m = run(name, lr, args.epochs, args.n_train, args.n_val, args.seed)
-            default = inspect.signature(SegmentationTask).parameters["lr"].default
             label = f"{default:g} (default)" if lr is None else lr_text
             print(
                 f"| {name} | {label} | {m['val/mIoU']:.3f} | {m['val/dice']:.3f} | {m['seconds']:.0f} s |",

@@ -159,17 +159,16 @@ class SegmentationTask(SegenTask):
                 f"with in_channels={self.in_channels}"
             )
         if masks.shape != images.shape[:1] + images.shape[2:]:
-            channel = (
-                masks.ndim == 4 and masks.shape[1] == 1
-            )  # (B, 1, H, W): read_image's layout of a mask file
+            # (B, 1, H, W): read_image's layout of a mask file
+            channel = masks.ndim == 4 and masks.shape[1] == 1
+            hint = (
+                "; drop the channel dimension of the masks in the data set (mask[0] per item)"
+                if channel
+                else ""
+            )
             raise ValueError(
                 f"SegmentationTask: mask shape {tuple(masks.shape)} does not match image shape "
-                f"{tuple(images.shape)}; expected masks (B, H, W) = {(images.shape[0], *images.shape[2:])}"
-                + (
-                    "; drop the channel dimension of the masks in the data set (mask[0] per item)"
-                    if channel
-                    else ""
-                )
+                f"{tuple(images.shape)}; expected masks (B, H, W) = {(images.shape[0], *images.shape[2:])}{hint}"
             )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

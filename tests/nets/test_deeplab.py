@@ -76,9 +76,8 @@ def test_initial_logits_are_moderate_and_the_classifier_not_symmetric():
     with torch.no_grad():
         probs = net(torch.randn(2, 3, 32, 32)).softmax(1)
     assert (probs - 0.25).abs().max() < 0.5  # not saturated
-    classifier = (
-        net.classifier
-    )  # PyTorch's default init, not a tiny one whose classes start equal (init_classifier)
+    # PyTorch's default init, not a tiny one whose classes start equal (init_classifier)
+    classifier = net.classifier
     fan_in = classifier.weight[0].numel()
     assert 0.8 < float(classifier.weight.std()) * (3 * fan_in) ** 0.5 < 1.2
     assert torch.equal(classifier.bias, torch.zeros(4))

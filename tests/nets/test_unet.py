@@ -42,10 +42,10 @@ def test_initial_classifier_is_not_symmetric_and_its_logits_are_moderate():
     net = UNet(in_channels=3, num_classes=4, base_channels=8, depth=2).eval()
     weight = net.head.weight.flatten(1)  # (K, C)
     assert torch.equal(net.head.bias, torch.zeros(4))
-    assert (
-        0.8 / 8**0.5 / 3**0.5 < float(weight.std()) < 1.2 / 8**0.5 / 3**0.5
-    )  # std 1/sqrt(3 fan_in), fan_in 8
-    cosine = torch.nn.functional.normalize(weight, dim=1) @ torch.nn.functional.normalize(weight, dim=1).T
+    # std 1/sqrt(3 fan_in), fan_in 8
+    assert 0.8 / 8**0.5 / 3**0.5 < float(weight.std()) < 1.2 / 8**0.5 / 3**0.5
+    unit = torch.nn.functional.normalize(weight, dim=1)  # (K, C) class vectors of length 1
+    cosine = unit @ unit.T  # (K, K)
     assert float((cosine - torch.eye(4)).abs().max()) < 0.99  # no two class vectors point the same way
     with torch.no_grad():
         logits = net(torch.randn(2, 3, 32, 32))  # (2, 4, 32, 32)

@@ -252,10 +252,8 @@ def outlines_and_crosses(n: int, seed: int, size: int = 32) -> TensorDataset:
     square[:2], square[-2:], square[:, :2], square[:, -2:] = True, True, True, True
     cross = torch.zeros(10, 10, dtype=torch.bool)
     cross[4:6], cross[:, 4:6] = True, True
-    images, masks = (
-        0.15 * torch.randn(n, 1, size, size, generator=g),
-        torch.zeros(n, size, size, dtype=torch.long),
-    )
+    images = 0.15 * torch.randn(n, 1, size, size, generator=g)  # (n, 1, size, size)
+    masks = torch.zeros(n, size, size, dtype=torch.long)  # (n, size, size)
     for i in range(n):
         for _ in range(2):
             k = int(torch.randint(0, 2, (1,), generator=g))
