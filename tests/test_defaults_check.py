@@ -1,4 +1,5 @@
-"""experiments/scripts/defaults_check.py: its two procedural data sets are what they claim, and a run reports metrics."""
+"""experiments/scripts/defaults_check.py: its procedural data sets are what they claim, and a run of each task family
+reports its metrics."""
 
 from __future__ import annotations
 
@@ -35,9 +36,25 @@ def test_digits_label_the_ink_of_digits_zero_to_three(check):
 
 
 def test_a_run_trains_the_default_task_and_reports_validation_metrics(check):
-    metrics = check.run("textures", None, epochs=1, n_train=16, n_val=8, seed=0)
+    metrics = check.run("seg", "textures", None, steps=1, n_train=16, n_val=8, seed=0)
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["val/dice"] <= 1.0
     assert metrics["seconds"] > 0
+
+
+@pytest.mark.parametrize(("task", "name"), [("vae", "shapes"), ("vqvae", "digits")])
+def test_generation_runs_report_their_metrics_on_the_data_sets_shape(check, task, name):
+    metrics = check.run(task, name, None, steps=1, n_train=8, n_val=4, seed=0)
+    assert set(check.TASKS[task].metrics) <= set(metrics)
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in check.TASKS[task].metrics)
+
+
+def test_image_sets_are_32px_in_range_with_disjoint_splits(check):
+    for name, channels in (("textures", 1), ("digits", 1), ("shapes", 3)):
+        train, val = check.IMAGE_SETS[name](6, "train"), check.IMAGE_SETS[name](6, "val")
+        assert train.shape == val.shape == (6, channels, 32, 32), name
+        assert float(train.min()) >= -1 and float(train.max()) <= 1 and float(train.std()) > 0.1, name
+        assert not any(torch.equal(a, b) for a in train for b in val), name
+    assert len(check.digit_images(5000, "val")) == 297  # the digits held out of training
 
 
 def test_digits10_labels_all_ten_digits(check):

@@ -1,6 +1,8 @@
-"""Do the defaults train well on data they were not tuned on?  ``SegmentationTask(num_classes=K, in_channels=C)``,
-built with its shape arguments only, against the same task at other learning rates, on two procedural data sets
-that are unlike the embedded shapes (made here, in memory, nothing downloaded):
+"""Do the defaults train well on data they were not tuned on?  A task built with its shape arguments only
+(``SegmentationTask(num_classes=K, in_channels=C)``, ``VAETask(channels=C, image_size=S)``,
+``VQVAETask(channels=C, image_size=S)``), against the same task at other learning rates, on procedural data sets
+made here, in memory, nothing downloaded. For segmentation (``--task seg``, the default), two sets unlike the
+embedded shapes:
 
 - ``textures``: greyscale 64 px images cut into 3-6 Voronoi cells, each filled with one of 4 textures (smooth
   noise, horizontal stripes, vertical stripes, fine grain) at a random brightness and contrast, so neither colour
@@ -13,11 +15,17 @@ Before ``segen.nets.unet.init_classifier``, a tiny (std 0.01) classifier kept th
 same class" on both digit sets for thousands of steps (its class vectors started equal); this script is how that
 was found.
 
-    python experiments/scripts/defaults_check.py                    # textures and digits, lr 1e-3 / default / 1e-2
-    python experiments/scripts/defaults_check.py --sets digits10 --lrs default --epochs 20
-    python experiments/scripts/defaults_check.py --sets textures --epochs 4 --lrs default
+For the VAE and the VQ-VAE (``--task vae``, ``--task vqvae``), images only, all 32 px in ``[-1, 1]``: the
+``textures`` images (greyscale), scikit-learn's ``digits`` themselves (greyscale, 1500 to train, 297 to validate)
+and segen's ``shapes`` in colour (RGB). The VAE reports ``val/bpd`` (the ELBO, its objective) and ``val/mse``; the
+VQ-VAE ``val/recon`` (MSE) and ``val/perplexity`` (codes in use).
 
-Prints one markdown row per (data set, learning rate): val/mIoU and val/dice at the end of training.
+    python experiments/scripts/defaults_check.py                    # textures and digits, lr 1e-3 / default / 1e-2
+    python experiments/scripts/defaults_check.py --sets digits10 --lrs default --steps 1000
+    python experiments/scripts/defaults_check.py --task vqvae       # 800 steps, lr 2e-4 / default / 3e-3
+    python experiments/scripts/defaults_check.py --task vae --sets shapes --steps 2400 --lrs default
+
+Prints one markdown row per (data set, learning rate): the task's metrics after training, validated once at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import functools
 import inspect
 import math
 import time
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +43,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from segen import SegmentationTask
+from segen import SegmentationTask, VAETask, VQVAETask
 
 
 def _smooth_noise(g: torch.Generator, size: int, scale: int) -> Tensor:
@@ -109,13 +118,96 @@ SETS = {
 }
 
 
-def run(name: str, lr: float | None, epochs: int, n_train: int, n_val: int, seed: int) -> dict[str, float]:
-    make, num_classes = SETS[name]
-    train, val = make(n_train, seed=seed), make(n_val, seed=seed + 1000)
+def texture_images(n: int, split: str) -> Tensor:
+    """The ``textures`` images, average-pooled to 32 px: ``(n, 1, 32, 32)`` in ``[-1, 1]``."""
+    images = textures(n, size=64, seed=0 if split == "train" else 1000).tensors[0]
+    return F.avg_pool2d(images, 2).clamp(-1, 1)
+
+
+def digit_images(n: int, split: str) -> Tensor:
+    """scikit-learn's digits at 32 px, ``(n, 1, 32, 32)`` in ``[-1, 1]``: the first 1500 of a fixed shuffle train,
+    the other 297 validate (so ``n`` is at most that)."""
+    from sklearn.datasets import load_digits
+
+    glyphs = (
+        torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 16
+    )  # (1797, 1, 8, 8) in [0, 1]
+    order = torch.randperm(len(glyphs), generator=torch.Generator().manual_seed(0))
+    chosen = order[:1500][:n] if split == "train" else order[1500:][:n]
+    images = F.interpolate(glyphs[chosen], size=32, mode="bilinear", align_corners=False)
+    return (images * 2 - 1).clamp(-1, 1)
+
+
+def shape_images(n: int, split: str) -> Tensor:
+    """segen's procedural shapes in colour at 32 px, ``(n, 3, 32, 32)`` in ``[-1, 1]``."""
+    from segen.data.shapes import ShapesDataset
+
+    data = ShapesDataset(n, image_size=32, split=split, normalize=False)
+    return (torch.stack([data[i][0] for i in range(n)]) * 2 - 1).clamp(-1, 1)
+
+
+IMAGE_SETS = {"textures": texture_images, "digits": digit_images, "shapes": shape_images}
+
+
+class TaskCheck(NamedTuple):
+    """How one task family is checked: its data sets, its budget and the metrics that are printed."""
+
+    sets: tuple[str, ...]
+    lrs: tuple[str, ...]
+    steps: int
+    batch_size: int
+    n_train: int
+    n_val: int
+    metrics: tuple[str, ...]
+
+
+# the VAE and the VQ-VAE see the same images, for the same budget
+IMAGE_CHECK = {
+    "sets": ("textures", "digits", "shapes"),
+    "steps": 800,
+    "batch_size": 64,
+    "n_train": 1500,
+    "n_val": 300,
+}
+TASKS = {
+    "seg": TaskCheck(
+        ("textures", "digits"), ("1e-3", "default", "1e-2"), 400, 16, 800, 200, ("val/mIoU", "val/dice")
+    ),
+    "vae": TaskCheck(lrs=("3e-4", "default", "3e-3"), metrics=("val/bpd", "val/mse"), **IMAGE_CHECK),
+    "vqvae": TaskCheck(
+        lrs=("2e-4", "default", "3e-3"), metrics=("val/recon", "val/perplexity"), **IMAGE_CHECK
+    ),
+}
+TASK_CLASSES = {"seg": SegmentationTask, "vae": VAETask, "vqvae": VQVAETask}
+
+
+def build(
+    task: str, name: str, n_train: int, n_val: int, seed: int, lr: float | None
+) -> tuple[Any, Any, Any]:
+    """The default task of family ``task`` for data set ``name`` (with ``lr`` if given), and its two data sets."""
+    options = {} if lr is None else {"lr": lr}
+    if task == "seg":
+        make, num_classes = SETS[name]
+        train, val = make(n_train, seed=seed), make(n_val, seed=seed + 1000)
+        return SegmentationTask(num_classes=num_classes, in_channels=1, **options), train, val
+    make = IMAGE_SETS[name]
+    train, val = TensorDataset(make(n_train, "train")), TensorDataset(make(n_val, "val"))
+    channels, size = train.tensors[0].shape[1], train.tensors[0].shape[-1]
+    if task == "vae":
+        # no FID: its feature network only means something for digits
+        return VAETask(channels=channels, image_size=size, fid_feature=None, **options), train, val
+    return VQVAETask(channels=channels, image_size=size, **options), train, val
+
+
+def run(
+    task: str, name: str, lr: float | None, steps: int, n_train: int, n_val: int, seed: int
+) -> dict[str, float]:
+    """Train the default task for ``steps`` steps, then validate once: the ``val/`` metrics and the seconds taken."""
     seed_everything(seed, verbose=False)
-    task = SegmentationTask(num_classes=num_classes, in_channels=1, **({} if lr is None else {"lr": lr}))
+    model, train, val = build(task, name, n_train, n_val, seed, lr)
+    batch_size = TASKS[task].batch_size
     trainer = Trainer(
-        max_epochs=epochs,
+        max_steps=steps,
         accelerator="auto",
         devices=1,
         logger=False,
@@ -124,35 +216,52 @@ def run(name: str, lr: float | None, epochs: int, n_train: int, n_val: int, seed
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(task, DataLoader(train, batch_size=16, shuffle=True), DataLoader(val, batch_size=32))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    trainer.fit(
+        model, DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=len(train) > batch_size)
+    )
+    validation = trainer.validate(model, DataLoader(val, batch_size=100), verbose=False)[0]
+    metrics = {k: float(v) for k, v in validation.items() if k.startswith("val/")}
     metrics["seconds"] = time.perf_counter() - start
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=["textures", "digits"], choices=list(SETS))
+    parser.add_argument("--task", default="seg", choices=list(TASKS))
+    parser.add_argument("--sets", nargs="+", help="default: the task's own (see TASKS)")
     parser.add_argument(
-        "--lrs", nargs="+", default=["1e-3", "default", "1e-2"], help="'default' = the task's own"
+        "--lrs", nargs="+", help="'default' = the task's own rate; default: it and two others"
     )
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--n-train", type=int, default=800)
-    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the task's, see TASKS)")
+    parser.add_argument("--n-train", type=int)
+    parser.add_argument("--n-val", type=int)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    default = inspect.signature(SegmentationTask).parameters["lr"].default
-    print("| data set | lr | val/mIoU | val/dice | time |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in args.sets:
-        for lr_text in args.lrs:
-            lr = None if lr_text == "default" else float(lr_text)
-            m = run(name, lr, args.epochs, args.n_train, args.n_val, args.seed)
-            label = f"{default:g} (default)" if lr is None else lr_text
-            print(
-                f"| {name} | {label} | {m['val/mIoU']:.3f} | {m['val/dice']:.3f} | {m['seconds']:.0f} s |",
-                flush=True,
+    check = TASKS[args.task]
+    choices = SETS if args.task == "seg" else IMAGE_SETS
+    for name in args.sets or check.sets:
+        if name not in choices:
+            parser.error(
+                f"--sets: {name!r} is not a data set of --task {args.task}; choose from {sorted(choices)}"
             )
+    default = inspect.signature(TASK_CLASSES[args.task]).parameters["lr"].default
+    print(f"| data set | lr | {' | '.join(check.metrics)} | time |")
+    print("| --- | --- | " + "--- | " * len(check.metrics) + "--- |")
+    for name in args.sets or check.sets:
+        for lr_text in args.lrs or check.lrs:
+            lr = None if lr_text == "default" else float(lr_text)
+            m = run(
+                args.task,
+                name,
+                lr,
+                args.steps or check.steps,
+                args.n_train or check.n_train,
+                args.n_val or check.n_val,
+                args.seed,
+            )
+            label = f"{default:g} (default)" if lr is None else lr_text
+            values = " | ".join(f"{m[k]:.4f}" for k in check.metrics)
+            print(f"| {name} | {label} | {values} | {m['seconds']:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":
