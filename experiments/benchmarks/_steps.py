@@ -10,7 +10,7 @@ Trainer does.
     U-Net      SegmentationTask: U-Net, Dice + cross-entropy, AdamW, warm-up + cosine (shapes, 64 px)
     DCGAN      GANTask: one discriminator and one generator step per iteration, non-saturating loss, Adam, EMA
                generator (digits, 32 px)
-    VAE        VAETask: Gaussian ELBO with a learned scale, reparameterisation noise from the task's generator
+    VAE        VAETask: Gaussian ELBO with the scale fitted per batch, reparameterisation noise from the task's generator
     VQ-VAE     VQVAETask: encoder, nearest code, EMA codebook update (with Laplace smoothing and dead-code restarts)
                and commitment loss, written out by hand on the task's codebook buffers; decoder; MSE. The loop
                does not compute the codebook perplexity and usage that the task logs: their cost counts as segen's
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segen import DigitsDataModule, GANTask, SegmentationTask, ShapesDataModule, UNet, VAETask, VQVAETask
-from segen.losses.vae import elbo
+from segen.losses.vae import elbo, gaussian_log_scale
 from segen.nets import DCGANDiscriminator, DCGANGenerator
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.tasks.gan import max_steps_for
@@ -324,8 +324,8 @@ def build_vae_task(image_size: int, latent_dim: int, base_channels: int) -> VAET
 
 
 def run_plain_vae(build: Callable[[], VAETask], batches: Sequence[Batch], warmup: int, device: str) -> Run:
-    task = build().to(device)  # the same initial weights; only its nets and learned log-scale are used
-    encoder, decoder, log_scale = task.encoder, task.decoder, task.log_scale
+    task = build().to(device)  # the same initial weights; only its nets are used
+    encoder, decoder = task.encoder, task.decoder
     optimizer = torch.optim.AdamW(param_groups(task, 0.0), lr=VAE_LR)
     scheduler = warmup_cosine(optimizer, VAE_WARMUP, len(batches))
     rng = torch.Generator().manual_seed(0)
@@ -336,7 +336,14 @@ def run_plain_vae(build: Callable[[], VAETask], batches: Sequence[Batch], warmup
         mu, logvar = encoder(images)
         noise = torch.randn(mu.shape, generator=rng).to(device, non_blocking=True)
         z = mu + (0.5 * logvar).exp() * noise
-        loss = elbo(images, decoder(z), mu, logvar, "gaussian", 1.0, log_scale).loss
+        output = decoder(z)
+        # the likelihood's scale fitted to the batch, and the running mean kept for evaluation, as VAETask does
+        mse = (images - output).square().mean().detach()
+        log_scale = gaussian_log_scale(mse)
+        with torch.no_grad():
+            task.running_mse.copy_(0.99 * task.running_mse + (1 - 0.99) * mse)
+            task.running_weight.copy_(0.99 * task.running_weight + 1 - 0.99)
+        loss = elbo(images, output, mu, logvar, "gaussian", 1.0, log_scale).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

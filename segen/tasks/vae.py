@@ -20,7 +20,15 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from segen.losses.vae import ELBO, LIKELIHOODS, bits_per_dim, elbo, log_normal, negative_log_likelihood
+from segen.losses.vae import (
+    ELBO,
+    LIKELIHOODS,
+    bits_per_dim,
+    elbo,
+    gaussian_log_scale,
+    log_normal,
+    negative_log_likelihood,
+)
 from segen.metrics.sample_quality import SampleQualityHooks
 from segen.nets.vae import VAEDecoder, VAEEncoder
 from segen.registry import lookup
@@ -47,8 +55,9 @@ class VAETask(SampleQualityHooks, SegenTask):
         channels, image_size: image shape (linked from the data module by the CLI).
         latent_dim: size of ``z``.
         num_classes: ``K`` makes it a conditional VAE (labels into encoder and decoder); ``None``: unconditional.
-        likelihood: ``"gaussian"`` (a learned global scale), ``"bernoulli"`` (binary data) or ``"logistic"``
-            (discretised logistic, exact 8-bit likelihood).
+        likelihood: ``"gaussian"`` (one global scale, fitted in closed form to each training batch, and at evaluation
+            a running mean of those fits: :func:`~segen.losses.vae.gaussian_log_scale`), ``"bernoulli"`` (binary
+            data) or ``"logistic"`` (discretised logistic, exact 8-bit likelihood).
         beta: weight of the KL term in the loss (1: the ELBO; > 1: beta-VAE).
         kl_warmup_steps: the KL weight ramps linearly from 0 to ``beta`` over these optimizer steps.
         encoder, decoder: modules or factories (called with ``channels``, ``image_size``, ``latent_dim``,
@@ -108,8 +117,11 @@ class VAETask(SampleQualityHooks, SegenTask):
         # factories get the shape only; the default decoder also its outputs per channel (2 for the logistic)
         default_decoder = functools.partial(VAEDecoder, out_per_channel=_OUT_PER_CHANNEL[kind])
         self.decoder = build_module(decoder, default_decoder, "decoder", **shape)
-        # the gaussian likelihood's scale is learned (a calibrated decoder; sigma = 1 would make the KL dominate)
-        self.log_scale = nn.Parameter(torch.zeros(())) if kind == "gaussian" else None
+        if kind == "gaussian":
+            # the gaussian likelihood's scale: fitted to each training batch (a calibrated decoder; sigma = 1 would
+            # let the KL win); evaluation uses the debiased running mean of the batches' squared errors
+            self.register_buffer("running_mse", torch.zeros(()))
+            self.register_buffer("running_weight", torch.zeros(()))
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         fixed = torch.Generator().manual_seed(seed + 1)
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim, generator=fixed))
@@ -142,14 +154,41 @@ class VAETask(SampleQualityHooks, SegenTask):
         # evaluation: the same draws on every rank, so a rank's metrics equal one process's on the same batches
         return torch.randn(shape, generator=self.noise_rng).to(self.device, non_blocking=True)
 
-    def _log_scale(self) -> Tensor | float:
-        return self.log_scale if self.log_scale is not None else 0.0
+    @property
+    def log_scale(self) -> Tensor | float:
+        """``log sigma`` of the gaussian likelihood at evaluation (0 before any training step; 0.0 for the others)."""
+        if self.likelihood != "gaussian":
+            return 0.0
+        fitted = gaussian_log_scale(self.running_mse / self.running_weight.clamp(min=1e-12))
+        return torch.where(self.running_weight > 0, fitted, torch.zeros_like(fitted))
+
+    def fit_log_scale(self, images: Tensor, output: Tensor, decay: float = 0.99) -> Tensor:
+        """The gaussian ``log sigma`` for a training batch, fitted to it (over all DDP ranks, so every rank uses the
+        same scale and keeps the same running mean), and the running mean's update."""
+        mse = (images.float() - output.float()).square().mean().detach()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mse)
+            mse = mse / torch.distributed.get_world_size()
+        with (
+            torch.no_grad()
+        ):  # a non-finite batch (nan_policy="skip") leaves the running mean alone, without a sync
+            finite = torch.isfinite(mse)
+            self.running_mse.copy_(
+                torch.where(finite, decay * self.running_mse + (1 - decay) * mse, self.running_mse)
+            )
+            self.running_weight.copy_(
+                torch.where(finite, decay * self.running_weight + 1 - decay, self.running_weight)
+            )
+        return gaussian_log_scale(mse)
 
     def compute_elbo(self, images: Tensor, labels: Tensor | None, beta: float = 1.0) -> ELBO:
         """The ELBO's parts for a batch with one reparameterised sample; override to change the objective."""
         mu, logvar = self.encode(images, labels)  # (B, Z) each
         z = mu + (0.5 * logvar).exp() * self._noise(tuple(mu.shape))
-        return elbo(images, self.decode(z, labels), mu, logvar, self.likelihood, beta, self._log_scale())
+        output = self.decode(z, labels)
+        fitted = self.likelihood == "gaussian" and self.training
+        log_scale = self.fit_log_scale(images, output) if fitted else self.log_scale
+        return elbo(images, output, mu, logvar, self.likelihood, beta, log_scale)
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
@@ -214,7 +253,7 @@ class VAETask(SampleQualityHooks, SegenTask):
         log_w = []
         for _ in range(k):
             z = mu + (0.5 * logvar).exp() * self._noise(tuple(mu.shape))
-            nll = negative_log_likelihood(images, self.decode(z, labels), self.likelihood, self._log_scale())
+            nll = negative_log_likelihood(images, self.decode(z, labels), self.likelihood, self.log_scale)
             prior = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
             log_w.append(-nll + prior - log_normal(z, mu, logvar))
         log_w_t = torch.stack(log_w)  # (k, B)

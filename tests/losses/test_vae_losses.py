@@ -8,7 +8,16 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from segen.losses.vae import bits_per_dim, elbo, gaussian_kl, iwae_nll, log_normal, negative_log_likelihood
+from segen.losses.vae import (
+    MIN_LOG_SCALE,
+    bits_per_dim,
+    elbo,
+    gaussian_kl,
+    gaussian_log_scale,
+    iwae_nll,
+    log_normal,
+    negative_log_likelihood,
+)
 
 
 def test_kl_matches_torch_distributions():
@@ -36,6 +45,24 @@ def test_bernoulli_and_gaussian_likelihoods_match_torch_distributions():
     mean, x = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4) * 2 - 1
     expected = -Normal(mean, math.exp(-1.5)).log_prob(x).flatten(1).sum(1)
     assert torch.allclose(negative_log_likelihood(x, mean, "gaussian", log_scale=-1.5), expected, atol=1e-4)
+
+
+def test_gaussian_log_scale_is_the_maximum_likelihood_scale_floored_at_rounding_noise():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    mean = x + 0.1 * torch.randn(x.shape, generator=g)
+    mse = (x - mean).square().mean().requires_grad_()
+    fitted = gaussian_log_scale(mse)
+    assert torch.isclose(fitted, 0.5 * mse.detach().log()) and not fitted.requires_grad
+
+    def nll(log_scale: torch.Tensor) -> float:
+        return float(negative_log_likelihood(x, mean, "gaussian", log_scale).mean())
+
+    assert nll(fitted) < nll(fitted + 0.05) and nll(fitted) < nll(fitted - 0.05)  # the minimum over log sigma
+    # the standard deviation of 8-bit rounding on [-1, 1]
+    assert math.log(2 / 255 / math.sqrt(12)) == pytest.approx(MIN_LOG_SCALE)
+    # a perfect fit gives a finite scale
+    assert float(gaussian_log_scale(torch.tensor(0.0))) == pytest.approx(MIN_LOG_SCALE)
 
 
 def test_discretised_logistic_is_a_distribution_over_256_bins():
