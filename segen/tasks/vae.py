@@ -169,9 +169,8 @@ class VAETask(SampleQualityHooks, SegenTask):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(mse)
             mse = mse / torch.distributed.get_world_size()
-        with (
-            torch.no_grad()
-        ):  # a non-finite batch (nan_policy="skip") leaves the running mean alone, without a sync
+        # a non-finite batch (nan_policy="skip") leaves the running mean alone, without a host sync
+        with torch.no_grad():
             finite = torch.isfinite(mse)
             self.running_mse.copy_(
                 torch.where(finite, decay * self.running_mse + (1 - decay) * mse, self.running_mse)
