@@ -301,6 +301,11 @@ class VAETask(SampleQualityHooks, SegenTask):
         checkpoint["vae_noise_rng"] = self.noise_rng.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if self.likelihood == "gaussian" and "log_scale" in state and "running_mse" not in state:
+            # written before the scale was fitted (2026-11-27): its learned log sigma becomes the running fit
+            state["running_mse"] = (2 * state.pop("log_scale").float()).exp()
+            state["running_weight"] = torch.ones(())
         super().on_load_checkpoint(checkpoint)
         if "vae_noise_rng" in checkpoint:
             self.noise_rng.set_state(checkpoint["vae_noise_rng"])

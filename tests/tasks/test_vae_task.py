@@ -167,6 +167,20 @@ def test_checkpoint_reload_without_arguments_and_bf16(tmp_path):
     assert torch.equal(again.noise_rng.get_state(), vae.noise_rng.get_state())
 
 
+def test_a_checkpoint_with_the_old_learned_scale_loads_with_that_scale(tmp_path):
+    vae = VAETask(channels=1, image_size=16, latent_dim=4, fid_feature=None)
+    fit = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    fit.fit(vae, binary_loader())
+    fit.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    del checkpoint["state_dict"]["running_mse"], checkpoint["state_dict"]["running_weight"]
+    checkpoint["state_dict"]["log_scale"] = torch.tensor(-1.5)  # the learned parameter of the earlier VAETask
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = VAETask.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert float(old.log_scale) == pytest.approx(-1.5)
+    assert all(torch.equal(a, b) for a, b in zip(old.decoder.parameters(), vae.decoder.parameters()))
+
+
 def test_resume_from_an_epoch_checkpoint_equals_the_unbroken_run(tmp_path):
     """Mid-warm-up resume: weights, Adam moments, the cosine schedule, the KL ramp and the noise stream all match."""
 
