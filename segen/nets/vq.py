@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segen._distributed import distributed
 from segen.nets.dcgan import check_positive
 
 __all__ = ["VQDecoder", "VQEncoder", "VQOutput", "VectorQuantizer"]
@@ -40,10 +41,6 @@ class VQOutput(NamedTuple):
     commitment_loss: Tensor  # scalar fp32: commitment * mse(z, sg[q]); the quantiser's only loss term
     perplexity: Tensor  # scalar fp32: exp(entropy of the batch's code usage), in [1, K]
     usage: Tensor  # scalar fp32: fraction of the K codes used at least once in the batch
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class VectorQuantizer(nn.Module):
@@ -215,7 +212,7 @@ class VectorQuantizer(nn.Module):
         """``N ← γN + (1-γ)n``, ``m ← γm + (1-γ)Σz``, ``e = m / laplace(N)``, with n, Σz summed over all ranks."""
         sums = torch.zeros(self.num_embeddings, self.embedding_dim, device=flat.device, dtype=torch.float32)
         sums.index_add_(0, indices, flat)  # (K, D): sum of the vectors assigned to each code
-        if _distributed():
+        if distributed():
             stats = torch.cat([counts[:, None], sums], dim=1)  # one all-reduce for both: (K, 1 + D)
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             counts, sums = stats[:, 0], stats[:, 1:]
@@ -250,7 +247,7 @@ class VectorQuantizer(nn.Module):
         new = flat[pick.to(flat.device)].float().contiguous()  # (num_dead, D)
         # non-finite vectors (a diverging batch) leave those codes where they are
         new = torch.where(torch.isfinite(new).all(1, keepdim=True), new, self.embedding[dead].float())
-        if _distributed():
+        if distributed():
             dist.broadcast(new, src=0)
         self.embedding[dead] = new.to(self.embedding.dtype)
         self.embed_sum[dead] = new.to(self.embed_sum.dtype)  # one pseudo-observation, as at initialisation

@@ -31,12 +31,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.parallel import DistributedDataParallel
 
+from segen._distributed import all_reduce_mean_, distributed
 from segen.losses.adversarial import ADVERSARIAL_LOSSES, gradient_penalty, r1_penalty
 from segen.metrics.sample_quality import SampleQualityHooks, resolve_fid_feature
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -305,13 +304,13 @@ class GANTask(SampleQualityHooks, SegenTask):
 
     def _average_gradients(self, module: nn.Module) -> None:
         """Average the gradients of ``module`` over ranks in one flat all_reduce (missing gradients count as 0)."""
-        if not _distributed():
+        if not distributed():
             return
         params = [p for p in module.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        _all_reduce_mean_([p.grad for p in params])
+        all_reduce_mean_([p.grad for p in params])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
@@ -323,11 +322,11 @@ class GANTask(SampleQualityHooks, SegenTask):
         all_reduce after every iteration. Each rank's nets see their own real shard and their own noise, so running
         statistics drift apart within an iteration; averaged, every rank validates and checkpoints the same nets,
         with statistics of the whole global batch."""
-        if not _distributed():
+        if not distributed():
             return
         buffers = [b for m in modules if m is not None for b in m.buffers() if b.is_floating_point()]
         if buffers:
-            _all_reduce_mean_(buffers)
+            all_reduce_mean_(buffers)
 
     @contextmanager
     def _scaler_update_deferred(self, defer: bool) -> Iterator[None]:
@@ -471,17 +470,3 @@ class GANTask(SampleQualityHooks, SegenTask):
             self.noise_rng.set_state(state["noise_rng"])
             if "augment_rng" in state:  # checkpoints written before DiffAugment had its own stream
                 self.augment_rng.set_state(state["augment_rng"])
-
-
-def _all_reduce_mean_(tensors: list[Tensor]) -> None:
-    """Replace each tensor by its mean over the ranks, in one flat all_reduce (one message, not one per tensor)."""
-    flat = _flatten_dense_tensors(tensors)
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
-        tensor.copy_(synced)
-
-
-def _distributed() -> bool:
-    """Whether a process group of more than one rank is running (the GAN tasks' own all-reduces are needed)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

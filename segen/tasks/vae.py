@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from segen._distributed import all_reduce_mean_, distributed
 from segen.losses.vae import (
     ELBO,
     LIKELIHOODS,
@@ -166,9 +167,8 @@ class VAETask(SampleQualityHooks, SegenTask):
         """The gaussian ``log sigma`` for a training batch, fitted to it (over all DDP ranks, so every rank uses the
         same scale and keeps the same running mean), and the running mean's update."""
         mse = (images.float() - output.float()).square().mean().detach()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(mse)
-            mse = mse / torch.distributed.get_world_size()
+        if distributed():
+            all_reduce_mean_([mse])
         # a non-finite batch (nan_policy="skip") leaves the running mean alone, without a host sync
         with torch.no_grad():
             finite = torch.isfinite(mse)
@@ -249,10 +249,11 @@ class VAETask(SampleQualityHooks, SegenTask):
     def _iwae(self, images: Tensor, labels: Tensor | None, k: int) -> Tensor:
         """``-log p(x)`` bounds per image ``(B,)`` from ``k`` importance samples of ``q(z|x)``."""
         mu, logvar = self.encode(images, labels)
+        log_scale = self.log_scale
         log_w = []
         for _ in range(k):
             z = mu + (0.5 * logvar).exp() * self._noise(tuple(mu.shape))
-            nll = negative_log_likelihood(images, self.decode(z, labels), self.likelihood, self.log_scale)
+            nll = negative_log_likelihood(images, self.decode(z, labels), self.likelihood, log_scale)
             prior = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
             log_w.append(-nll + prior - log_normal(z, mu, logvar))
         log_w_t = torch.stack(log_w)  # (k, B)
