@@ -41,7 +41,7 @@ def test_a_run_trains_the_default_task_and_reports_validation_metrics(check):
     assert metrics["seconds"] > 0
 
 
-@pytest.mark.parametrize(("task", "name"), [("vae", "shapes"), ("vqvae", "digits")])
+@pytest.mark.parametrize(("task", "name"), [("vae", "shapes"), ("vqvae", "digits"), ("gan", "digits16")])
 def test_generation_runs_report_their_metrics_on_the_data_sets_shape(check, task, name):
     metrics = check.run(task, name, None, steps=1, n_train=8, n_val=4, seed=0)
     assert set(check.TASKS[task].metrics) <= set(metrics)
@@ -55,6 +55,9 @@ def test_image_sets_are_32px_in_range_with_disjoint_splits(check):
         assert float(train.min()) >= -1 and float(train.max()) <= 1 and float(train.std()) > 0.1, name
         assert not any(torch.equal(a, b) for a in train for b in val), name
     assert len(check.digit_images(5000, "val")) == 297  # the digits held out of training
+    small = check.DIGIT_SETS["digits16"](6, "train")
+    assert small.shape == (6, 1, 16, 16) and float(small.min()) >= -1 and float(small.max()) <= 1
+    assert torch.allclose(small, torch.nn.functional.avg_pool2d(check.digit_images(6, "train"), 2), atol=0.3)
 
 
 def test_digits10_labels_all_ten_digits(check):

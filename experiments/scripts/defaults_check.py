@@ -20,10 +20,16 @@ For the VAE and the VQ-VAE (``--task vae``, ``--task vqvae``), images only, all 
 and segen's ``shapes`` in colour (RGB). The VAE reports ``val/bpd`` (the ELBO, its objective) and ``val/mse``; the
 VQ-VAE ``val/recon`` (MSE) and ``val/perplexity`` (codes in use).
 
+For the GAN (``--task gan``, ``GANTask(channels=1, image_size=S)``), scikit-learn's digits only, at 32 px
+(``digits``) and at 16 px (``digits16``, a shallower DCGAN): FID and KID of 1000 samples of the EMA generator
+against the 297 held-out digits, in the features of segen's digit classifier, the only FID network here that
+means something without downloads.
+
     python experiments/scripts/defaults_check.py                    # textures and digits, lr 1e-3 / default / 1e-2
     python experiments/scripts/defaults_check.py --sets digits10 --lrs default --steps 1000
     python experiments/scripts/defaults_check.py --task vqvae       # 800 steps, lr 2e-4 / default / 3e-3
     python experiments/scripts/defaults_check.py --task vae --sets shapes --steps 2400 --lrs default
+    python experiments/scripts/defaults_check.py --task gan         # 6000 steps, lr 1e-4 / default / 5e-4
 
 Prints one markdown row per (data set, learning rate): the task's metrics after training, validated once at the end.
 """
@@ -43,7 +49,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from segen import SegmentationTask, VAETask, VQVAETask
+from segen import GANTask, SegmentationTask, VAETask, VQVAETask
 
 
 def _smooth_noise(g: torch.Generator, size: int, scale: int) -> Tensor:
@@ -124,9 +130,9 @@ def texture_images(n: int, split: str) -> Tensor:
     return F.avg_pool2d(images, 2).clamp(-1, 1)
 
 
-def digit_images(n: int, split: str) -> Tensor:
-    """scikit-learn's digits at 32 px, ``(n, 1, 32, 32)`` in ``[-1, 1]``: the first 1500 of a fixed shuffle train,
-    the other 297 validate (so ``n`` is at most that)."""
+def digit_images(n: int, split: str, size: int = 32) -> Tensor:
+    """scikit-learn's digits at ``size`` px, ``(n, 1, size, size)`` in ``[-1, 1]``: the first 1500 of a fixed
+    shuffle train, the other 297 validate (so ``n`` is at most that)."""
     from sklearn.datasets import load_digits
 
     glyphs = (
@@ -134,7 +140,7 @@ def digit_images(n: int, split: str) -> Tensor:
     )  # (1797, 1, 8, 8) in [0, 1]
     order = torch.randperm(len(glyphs), generator=torch.Generator().manual_seed(0))
     chosen = order[:1500][:n] if split == "train" else order[1500:][:n]
-    images = F.interpolate(glyphs[chosen], size=32, mode="bilinear", align_corners=False)
+    images = F.interpolate(glyphs[chosen], size=size, mode="bilinear", align_corners=False)
     return (images * 2 - 1).clamp(-1, 1)
 
 
@@ -147,6 +153,8 @@ def shape_images(n: int, split: str) -> Tensor:
 
 
 IMAGE_SETS = {"textures": texture_images, "digits": digit_images, "shapes": shape_images}
+# the GAN's FID only means something on digits (its feature network is a digit classifier; 16 px is resized to 32)
+DIGIT_SETS = {"digits": digit_images, "digits16": functools.partial(digit_images, size=16)}
 
 
 class TaskCheck(NamedTuple):
@@ -177,8 +185,13 @@ TASKS = {
     "vqvae": TaskCheck(
         lrs=("2e-4", "default", "3e-3"), metrics=("val/recon", "val/perplexity"), **IMAGE_CHECK
     ),
+    # 6000 optimizer steps = 3000 generator and 3000 discriminator updates, as in dcgan_digits.yaml
+    "gan": TaskCheck(
+        ("digits", "digits16"), ("1e-4", "default", "5e-4"), 6000, 64, 1500, 297, ("val/fid", "val/kid")
+    ),
 }
-TASK_CLASSES = {"seg": SegmentationTask, "vae": VAETask, "vqvae": VQVAETask}
+TASK_CLASSES = {"seg": SegmentationTask, "vae": VAETask, "vqvae": VQVAETask, "gan": GANTask}
+TASK_SETS = {"seg": SETS, "vae": IMAGE_SETS, "vqvae": IMAGE_SETS, "gan": DIGIT_SETS}
 
 
 def build(
@@ -190,12 +203,15 @@ def build(
         make, num_classes = SETS[name]
         train, val = make(n_train, seed=seed), make(n_val, seed=seed + 1000)
         return SegmentationTask(num_classes=num_classes, in_channels=1, **options), train, val
-    make = IMAGE_SETS[name]
+    make = TASK_SETS[task][name]
     train, val = TensorDataset(make(n_train, "train")), TensorDataset(make(n_val, "val"))
     channels, size = train.tensors[0].shape[1], train.tensors[0].shape[-1]
     if task == "vae":
         # no FID: its feature network only means something for digits
         return VAETask(channels=channels, image_size=size, fid_feature=None, **options), train, val
+    if task == "gan":
+        # FID against the held-out digits, 1000 samples from the EMA generator
+        return GANTask(channels=channels, image_size=size, fid_samples=1000, **options), train, val
     return VQVAETask(channels=channels, image_size=size, **options), train, val
 
 
@@ -221,7 +237,7 @@ def run(
     )
     validation = trainer.validate(model, DataLoader(val, batch_size=100), verbose=False)[0]
     metrics = {k: float(v) for k, v in validation.items() if k.startswith("val/")}
-    metrics["seconds"] = time.perf_counter() - start
+    metrics["seconds"] = time.perf_counter() - start  # training and the one validation
     return metrics
 
 
@@ -238,7 +254,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     check = TASKS[args.task]
-    choices = SETS if args.task == "seg" else IMAGE_SETS
+    choices = TASK_SETS[args.task]
     for name in args.sets or check.sets:
         if name not in choices:
             parser.error(
@@ -259,7 +275,8 @@ def main() -> None:
                 args.n_val or check.n_val,
                 args.seed,
             )
-            label = f"{default:g} (default)" if lr is None else lr_text
+            # the GAN's default lr is None: the rate of its loss's paper (2e-4 for the default "ns")
+            label = lr_text if lr is not None else "default" if default is None else f"{default:g} (default)"
             values = " | ".join(f"{m[k]:.4f}" for k in check.metrics)
             print(f"| {name} | {label} | {values} | {m['seconds']:.0f} s |", flush=True)
 
