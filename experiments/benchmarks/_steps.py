@@ -36,7 +36,7 @@ from _overhead import (
     output_loss,
     timed_fit,
 )
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -65,7 +65,14 @@ class StepBenchmark:
         None  # Trainer(max_steps=...) when it is not one per batch (GAN: two per iteration)
     )
 
-    def run_task(self, warmup: int, device: str, barebones: bool, task: LightningModule | None = None) -> Run:
+    def run_task(
+        self,
+        warmup: int,
+        device: str,
+        barebones: bool,
+        task: LightningModule | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> Run:
         """The task side: ``task`` (default: a fresh ``build_task()``) trained on the batches under the Trainer."""
         return timed_fit(
             task if task is not None else self.build_task(),
@@ -75,6 +82,7 @@ class StepBenchmark:
             max_steps=self.max_steps,
             read_loss=self.read_loss,
             accelerator=accelerator_of(device),
+            callbacks=callbacks,
         )
 
 

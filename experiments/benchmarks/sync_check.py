@@ -1,11 +1,13 @@
 """Every host-device synchronisation of a few training steps on a GPU, counted by where it comes from.
 
     python experiments/benchmarks/sync_check.py --row seg --steps 10
-    python experiments/benchmarks/sync_check.py --row gan --nan-policy off
+    python experiments/benchmarks/sync_check.py --row seg gan vae vqvae --nan-policy off
 
 ``tests/test_no_sync.py`` counts the Python-level reads inside ``training_step`` on the CPU. This runs the same task
 on CUDA under ``torch.cuda.set_sync_debug_mode("warn")``, which reports every synchronising CUDA call (C++ ones too),
-during the whole fit after the warm-up steps, and groups them by the innermost frame in segen, Lightning or torch.
+from the first step after the warm-up to the end of the last step (its ``on_train_batch_end`` hooks included), and
+groups them by the innermost frame in segen, Lightning or torch. What follows the last step (the default Trainer's
+end-of-fit checkpoint, which copies every tensor to the host) is not a per-step cost and is left out.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def origin(stack: list[traceback.FrameSummary]) -> str:
 
 
 class SyncCounter(Callback):
-    """Turns CUDA's sync debug mode on from step ``warmup`` to the end of training and counts its warnings."""
+    """Turns CUDA's sync debug mode on from step ``warmup`` to the end of step ``total`` and counts its warnings."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
         self.counts: Counter[str] = Counter()
         self.steps = 0
         self._catcher: warnings.catch_warnings | None = None
@@ -70,8 +72,13 @@ class SyncCounter(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
             self.steps += 1
+        if batch_idx + 1 == self.total:
+            self.stop()
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         torch.cuda.set_sync_debug_mode("default")
         if self._catcher is not None:
             self._catcher.__exit__(None, None, None)
@@ -83,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--row", choices=tuple(STEP_BENCHMARKS), default="seg", help="which task (default seg)"
+        "--row",
+        nargs="+",
+        choices=tuple(STEP_BENCHMARKS),
+        default=["seg"],
+        help="which tasks, one fit each (default seg)",
     )
     parser.add_argument("--steps", type=int, default=10, help="steps counted after the warm-up (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="steps before counting (default 3)")
@@ -93,25 +104,34 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU: torch.cuda.set_sync_debug_mode only watches CUDA")
-    bench = STEP_BENCHMARKS[args.row](args.warmup + args.steps, "gpu")
+    reports = [count_syncs(row, args.warmup, args.steps, args.nan_policy) for row in args.row]
+    report = "\n".join(reports)
+    return report
+
+
+def count_syncs(row: str, warmup: int, steps: int, nan_policy: str | None) -> str:
+    """One default-Trainer fit of a step row's task on CUDA; its syncs per counted step, by origin (printed too)."""
+    total = warmup + steps
+    bench = STEP_BENCHMARKS[row](total, "gpu")
     task = bench.build_task()
-    if args.nan_policy is not None:
-        task.hparams["nan_policy"] = args.nan_policy
-    counter = SyncCounter(args.warmup)
-    total = args.warmup + args.steps
+    if nan_policy is not None:
+        task.hparams["nan_policy"] = nan_policy
+    counter = SyncCounter(warmup, total)
     with quiet(), tempfile.TemporaryDirectory(prefix="segen-sync-") as root:
         # not the benchmarks' timed_fit: its step timer synchronises on purpose after every step
         fit = trainer(False, bench.max_steps or total, [counter], root, "gpu")
         fit.fit(task, DataLoader(list(bench.batches), batch_size=None, shuffle=False))
+    policy = task.hparams.get("nan_policy", "raise")
     lines = [
-        f"{bench.name} ({bench.setting}): host-device syncs in {counter.steps} steps after {args.warmup} warm-up"
+        f"{bench.name} ({bench.setting}, nan_policy={policy}): host-device syncs in {counter.steps} steps "
+        f"after {warmup} warm-up"
     ]
     lines += [
         f"  {n / max(counter.steps, 1):.2f} per step  {where}" for where, n in counter.counts.most_common()
     ]
     lines += ["  (none)"] if not counter.counts else []
     report = "\n".join(lines)
-    print(report)
+    print(report, flush=True)
     return report
 
 

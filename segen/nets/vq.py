@@ -188,7 +188,12 @@ class VectorQuantizer(nn.Module):
             q = F.embedding(indices, self.embedding.float())  # (N, D), no gradient: buffers
             q = q.view(b, h, w, d).movedim(-1, 1)  # -> (B, D, H, W)
 
-            counts = torch.bincount(indices, minlength=self.num_embeddings).float()  # (K,) this rank's batch
+            # (K,) this rank's batch. Not torch.bincount: on CUDA it reads the largest index back to size its
+            # output (two host-device syncs per step, seen with torch.cuda.set_sync_debug_mode); K is known. Whole
+            # numbers below 2**24 add exactly in float32, in any order.
+            counts = torch.zeros(self.num_embeddings, dtype=torch.float32, device=indices.device).index_add_(
+                0, indices, torch.ones_like(indices, dtype=torch.float32)
+            )
             probs = counts / counts.sum()
             perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
             usage = (counts > 0).float().mean()
