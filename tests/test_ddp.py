@@ -41,6 +41,7 @@ from segen import GANTask, MaskToImageTask, SegmentationTask, UNet, VAETask, VQV
 from segen.nets import MultiscalePatchDiscriminator, SegmentationDiscriminator, SPADEGenerator
 from segen.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from segen.nets.vae import VAEDecoder, VAEEncoder
+from segen.tasks.base import NonFiniteLossError, SegenTask
 from segen.tasks.instance import InstanceSegmentationTask
 
 WORLD, BATCH = 2, 2  # 2 processes; every loader (train and validation) has batches of 2 per rank
@@ -307,7 +308,24 @@ def train_every_family_on_this_rank(out: str) -> None:
             Path(out) / f"{name}_rank{rank}.pt",
         )
         print(f"rank {rank}: {name} took {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    nan_guard_on_one_rank(task, Path(out))
     dist.barrier()  # rank 0 exits only after rank 1 has written its files
+
+
+def nan_guard_on_one_rank(task: SegenTask, out: Path) -> None:
+    """The ``"raise"`` guard with a loss that is NaN on rank 1 only, through the same calls as a training step
+    (``loss_is_usable``, then the read at the optimizer step), still attached to the DDP Trainer: each rank saves
+    what the read did. Not a second fit: a raise inside ``Trainer.fit`` makes rank 0's launcher kill rank 1."""
+    rank = task.trainer.global_rank
+    task.hparams["nan_policy"] = "raise"
+    loss = torch.tensor(math.nan if rank == 1 else 0.5)
+    usable = task.loss_is_usable({"loss": loss, "other": torch.tensor(1.0)})
+    try:
+        task.settle_loss_checks()
+        outcome = "no error"
+    except NonFiniteLossError as error:
+        outcome = str(error)
+    torch.save({"usable": usable, "outcome": outcome}, out / f"nan_guard_rank{rank}.pt")
 
 
 SCRIPT = textwrap.dedent(
@@ -418,3 +436,13 @@ def test_two_process_ddp_ends_with_identical_ranks_and_reduces_validation_metric
             f"{name}: {metric} is {alone[metric]} on rank 0's shard and {union[metric]} on the whole set: the "
             "validation data must make the shards disagree, or this test cannot see a rank-0-only metric"
         )
+
+
+def test_the_raise_guard_agrees_over_ranks_when_one_rank_sees_a_nan(ddp_runs):
+    """Under DDP the ``"raise"`` flag is reduced on the device before its copy to the host: both ranks raise, the
+    clean rank saying another rank's loss was not finite, so neither waits in a collective the other never joins."""
+    rank0, rank1 = (torch.load(ddp_runs / f"nan_guard_rank{r}.pt", weights_only=False) for r in range(WORLD))
+    assert rank0["usable"] is rank1["usable"] is True  # the check is read later, at the optimizer step
+    assert "finite on this rank; not finite on another rank" in rank0["outcome"], rank0["outcome"]
+    assert "non-finite loss at" in rank1["outcome"] and "loss=nan" in rank1["outcome"], rank1["outcome"]
+    assert "other=" not in rank1["outcome"]  # only the parts that are not finite are named

@@ -13,9 +13,12 @@ would synchronise on CUDA, made while ``training_step`` runs (Lightning's ``self
 A sync issued inside C++ without passing through these Python entry points is not seen here; on a GPU
 ``torch.cuda.set_sync_debug_mode("warn")`` sees those too. Each failure lists the calls by site.
 
-The non-finite-loss guard (``nan_policy``, :mod:`segen.tasks.base`) reads one boolean per optimizer step by design:
-with ``nan_policy="off"`` a step has no sync at all; with the default (``"raise"``) it has exactly that one, in
-``on_before_optimizer_step`` after backward has been queued, and with ``"skip"`` the same one before backward.
+The non-finite-loss guard (``nan_policy``, :mod:`segen.tasks.base`) reads one flag per optimizer step by design:
+with ``nan_policy="off"`` a step reads nothing; with the default (``"raise"``) it reads a host copy of the flag in
+``on_before_optimizer_step`` after backward has been queued (seen here as one ``tolist``; on CUDA the copy is
+``non_blocking`` into pinned memory and the read waits on its CUDA event only, not on the backward pass, which
+``test_cuda_raise_guard_waits_for_its_flag_not_for_later_kernels`` checks on a GPU); with ``"skip"`` it reads the
+device flag before backward.
 """
 
 from __future__ import annotations
@@ -243,15 +246,57 @@ def test_training_step_does_not_sync(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["segmentation", "gan", "vqvae"])
-def test_the_default_nan_guard_reads_one_boolean_per_optimizer_step_after_backward(family, tmp_path):
+def test_the_default_nan_guard_reads_one_host_flag_per_optimizer_step_after_backward(family, tmp_path):
     hooks = ("training_step", "on_before_optimizer_step")
     counter = run_steps(FAMILIES[family], tmp_path, max_steps=2, nan_policy="raise", hooks=hooks)
     assert len(counter.calls) == 1, report(counter)
     (what, site, _), count = next(iter(counter.calls.items()))
-    assert what == "Tensor.__bool__" and site.startswith("segen/tasks/base.py"), report(counter)
+    # the host copy's (finite here, finite on every rank), not the device flag's __bool__
+    assert what == "Tensor.tolist" and site.startswith("segen/tasks/base.py"), report(counter)
     assert count == 2, report(counter)  # two optimizer steps (one D and one G step for the GAN)
     # read once backward has been queued, not between forward and backward (the GAN steps inside training_step)
     assert counter.by_hook == {"on_before_optimizer_step": 2}, (counter.by_hook, report(counter))
+
+
+def test_raise_guard_reads_its_host_copy_after_its_own_event():
+    """The ``"raise"`` check keeps (finite here, finite on every rank) on the host, copied when the loss was made, and
+    its read waits for that copy's event only (a stand-in here: the CPU records none)."""
+    from segen.tasks.base import _Check
+
+    class Event:
+        waited = False
+
+        def synchronize(self) -> None:
+            self.waited = True
+
+    loss = torch.tensor(float("inf"))
+    check = _Check.start("loss_d", {"loss": loss}, torch.isfinite(loss), "training step 3")
+    assert check.event is None and check.host.tolist() == [False, False]  # no process group: agreed == here
+    event = Event()
+    assert check._replace(event=event).read() == (False, False) and event.waited
+    assert _Check("loss", {}, torch.tensor(True), "step").read() == (True, None)  # "skip": not agreed yet
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA-only path: the guard's flag copy and its event"
+)
+def test_cuda_raise_guard_waits_for_its_flag_not_for_later_kernels():
+    from segen.tasks.base import _Check
+
+    loss = torch.tensor([0.5, float("nan")], device="cuda")
+    checks = [_Check.start("loss", {"loss": v}, torch.isfinite(v).all(), "here") for v in loss.unbind()]
+    a = torch.randn(4096, 4096, device="cuda")
+    for _ in range(50):  # seconds of work queued after the flags' copies
+        a = a @ a
+        a = a / a.abs().amax().clamp_min(1.0)
+    torch.cuda.set_sync_debug_mode("error")  # a device read (item, bool, a pageable copy) raises
+    try:
+        reads = [check.read() for check in checks]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert reads == [(True, True), (False, False)]
+    assert all(check.host.is_pinned() for check in checks)
+    assert not torch.cuda.current_stream().query(), "the read waited for the kernels queued after the flag"
 
 
 def test_the_skip_policy_reads_its_boolean_before_backward(tmp_path):

@@ -9,10 +9,10 @@ saying which file or which setting is the cause. :class:`SegenTask` closes both 
   step, the epoch and batch, and the loss parts that are not finite, before the optimizer steps, so the weights and
   every checkpoint stay finite; ``"skip"`` drops that optimizer step instead (no backward, no update) and counts it in
   ``train/skipped_steps``, and still raises after :attr:`SegenTask.max_consecutive_skips` skips in a row (a diverged
-  run, not a bad batch); ``"off"`` checks nothing. The check reads one boolean from the device per optimizer step
-  (one host-device sync): under ``"raise"`` after backward, in ``on_before_optimizer_step``, so the GPU is never left
-  idle while Python queues the backward pass; under ``"skip"`` before backward (a skipped step runs none).
-  ``"off"`` is the way to a training step without any.
+  run, not a bad batch); ``"off"`` checks nothing. Under ``"raise"`` the loss's flag is copied to the host without
+  waiting and read in ``on_before_optimizer_step``, waiting for that copy only (a CUDA event), not for the backward
+  pass queued after it, so the GPU keeps working while the host goes on; under ``"skip"`` it is read before
+  backward (a skipped step runs none), one host-device sync. ``"off"`` reads nothing.
 - **Checkpoint fit**: a checkpoint records the class that wrote it. Loading it into another task class, through
   ``load_from_checkpoint`` or the Trainer's ``ckpt_path``, raises :class:`CheckpointMismatchError` naming both
   classes; a checkpoint of the same class with other shapes (another ``num_classes``, another net) raises the same
@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from segen._distributed import distributed
 from segen.registry import lookup
 
 
@@ -39,6 +41,42 @@ class _Check(NamedTuple):
     values: dict[str, Tensor]  # its detached parts
     finite: Tensor  # () bool on the task's device: every part finite
     where: str  # the step, for the message
+    host: Tensor | None = None  # (2,) bool on the host: (finite here, finite on every rank); "raise" only
+    event: Any = None  # CUDA event recorded after the copy into ``host``; None: the copy is complete
+
+    def read(self) -> tuple[bool, bool | None]:
+        """(finite on this rank, finite on every rank or None when not agreed yet); waits for this flag only."""
+        if self.host is None:
+            return bool(self.finite), None  # a host-device sync on a GPU
+        if self.event is not None:
+            self.event.synchronize()  # the copy, not the work queued after it
+        here, everywhere = self.host.tolist()
+        return bool(here), bool(everywhere)
+
+    @staticmethod
+    def start(name: str, values: dict[str, Tensor], finite: Tensor, where: str) -> _Check:
+        """A check whose flag, agreed over the DDP ranks on the device, is on its way to the host."""
+        agreed = finite
+        if distributed():  # queued like a kernel; every rank calls loss_is_usable at the same points
+            agreed = finite.to(torch.int32)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            agreed = agreed.bool()
+        host, event = _copy_to_host(torch.stack([finite, agreed]))  # (2,) bool
+        return _Check(name, values, finite, where, host, event)
+
+
+def _copy_to_host(value: Tensor) -> tuple[Tensor, Any]:
+    """A copy of ``value`` on the host, started without waiting: on CUDA a ``non_blocking`` copy into pinned memory
+    and the CUDA event recorded after it (``event.synchronize()`` waits for this copy only, not for work queued
+    later); on the CPU a complete copy and ``None``."""
+    on_cuda = value.device.type == "cuda"
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=on_cuda)
+    host.copy_(value, non_blocking=on_cuda)
+    event = None
+    if on_cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
+    return host, event
 
 
 class _HostCopies:
@@ -77,14 +115,7 @@ class _HostCopies:
                     "number (reduce it first, e.g. .mean())"
                 )
         stacked = torch.stack([value.detach().reshape(()).float() for value in values.values()])  # (K,)
-        on_cuda = stacked.device.type == "cuda"
-        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=on_cuda)  # (K,)
-        host.copy_(stacked, non_blocking=on_cuda)
-        event = None
-        if on_cuda:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(stacked.device))  # the stream the copy was queued on
-        self._queue.append((tuple(values), host, event))
+        self._queue.append((tuple(values), *_copy_to_host(stacked)))
 
     def take(self, wait: bool = False) -> dict[str, Tensor]:
         """The newest copy that has arrived, as ``{key: () host tensor}``, and ``{}`` when none has (the bar then
@@ -259,10 +290,11 @@ class SegenTask(LightningModule):
         for a GAN's discriminator). Under DDP the ranks agree (one boolean all-reduce), so all of them skip or raise
         together and no rank waits in a gradient all-reduce that the others never join.
 
-        Under ``"raise"`` inside a Trainer this returns ``True`` at once and the boolean is read later, in
-        :meth:`on_before_optimizer_step` (after backward, before the weights change): a read here, between forward and
-        backward, would leave the GPU idle while Python queues the whole backward pass. ``"skip"`` must know now
-        whether to run backward at all, so it reads here.
+        Under ``"raise"`` inside a Trainer this returns ``True`` at once: the flag (agreed over the ranks on the
+        device) starts a ``non_blocking`` copy to pinned host memory, and :meth:`on_before_optimizer_step` (after
+        backward is queued, before the weights change) waits for that copy only. A plain read, here or there, would
+        wait for every kernel queued so far, and the GPU would idle while Python queues the next ones. ``"skip"``
+        must know now whether to run backward at all, so it reads here.
         """
         policy = self.nan_policy
         if policy == "off":
@@ -271,16 +303,16 @@ class SegenTask(LightningModule):
         finite = torch.stack(
             [torch.isfinite(v).all() for v in values.values()]
         ).all()  # on the device: no sync
-        check = _Check(name, values, finite, self._where())
         if policy == "raise" and self._trainer is not None:
-            self._pending_checks.append(check)
+            self._pending_checks.append(_Check.start(name, values, finite, self._where()))
             return True
-        return self._settle([check])
+        return self._settle([_Check(name, values, finite, self._where())])
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """Read the ``"raise"`` checks of the losses behind this optimizer step (one host-device sync): backward has
-        been queued, the update not yet, so a non-finite loss still never reaches the weights. A subclass that
-        overrides this hook calls ``super().on_before_optimizer_step(optimizer)``."""
+        """Read the ``"raise"`` checks of the losses behind this optimizer step: backward has been queued, the update
+        not yet, so a non-finite loss never reaches the weights. The host waits until the device has computed the
+        flags (the forward pass), not for the backward pass. A subclass that overrides this hook calls
+        ``super().on_before_optimizer_step(optimizer)``."""
         self.settle_loss_checks()
 
     def on_train_epoch_end(self) -> None:
@@ -293,14 +325,19 @@ class SegenTask(LightningModule):
             self._settle(pending)
 
     def _settle(self, checks: list[_Check]) -> bool:
-        finite = bool(torch.stack([check.finite for check in checks]).all())  # the one host-device sync
-        if self._trainer is not None:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        reads = [check.read() for check in checks]
+        if all(everywhere is not None for _, everywhere in reads):
+            finite = all(everywhere for _, everywhere in reads)  # agreed over the ranks already
+        else:
+            finite = all(here for here, _ in reads)
+            if self._trainer is not None:
+                finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self._consecutive_skips = 0
             return True
         # the first check that failed on this rank (any one, if only another rank's failed)
-        name, values, _, where = next((check for check in checks if not bool(check.finite)), checks[-1])
+        failed = next((check for check, (here, _) in zip(checks, reads, strict=True) if not here), checks[-1])
+        name, values, where = failed.name, failed.values, failed.where
         bad = [f"{key}={_describe(v)}" for key, v in values.items() if not torch.isfinite(v).all()]
         policy = self.nan_policy
         if policy == "skip":  # the model as it was before this step, whether it is skipped or the run stops
