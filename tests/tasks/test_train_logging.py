@@ -26,7 +26,9 @@ from segen.tasks.base import _HostCopies
 STEPS, EVERY = 7, 3  # 10 batches per epoch, so no epoch ends inside the run
 
 
-def _run(tmp_path: Path, every_step: bool) -> tuple[list[dict[str, float]], dict[int, set[str]], dict, Path]:
+def _run(
+    tmp_path: Path, every_step: bool, bar: bool
+) -> tuple[list[dict[str, float]], dict[int, set[str]], dict, Path]:
     task = SegmentationTask(
         num_classes=4, in_channels=3, net=functools.partial(UNet, base_channels=4, depth=2), warmup_steps=0
     )
@@ -50,20 +52,26 @@ def _run(tmp_path: Path, every_step: bool) -> tuple[list[dict[str, float]], dict
 
     task.log = recording_log
     trainer = quiet_trainer(
-        tmp_path, max_steps=STEPS, limit_val_batches=0, log_every_n_steps=EVERY, logger=CSVLogger(tmp_path)
+        tmp_path,
+        max_steps=STEPS,
+        limit_val_batches=0,
+        log_every_n_steps=EVERY,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=bar,
     )
     trainer.fit(task, data)
     return computed, logged, trainer.callback_metrics, Path(trainer.logger.log_dir) / "metrics.csv"
 
 
-@pytest.mark.parametrize("every_step", [False, True])
-def test_train_scalars_reach_the_logger_the_progress_bar_and_the_end_of_the_run(every_step, tmp_path):
-    computed, logged, final, csv_path = _run(tmp_path, every_step)
+@pytest.mark.parametrize("every_step, bar", [(False, True), (False, False), (True, False)])
+def test_train_scalars_reach_the_logger_the_progress_bar_and_the_end_of_the_run(every_step, bar, tmp_path):
+    computed, logged, final, csv_path = _run(tmp_path, every_step, bar)
     assert len(computed) == STEPS
     everything = {"train/loss", "train/dice", "train/ce"}
     read = {s for s in range(STEPS) if (s + 1) % EVERY == 0} | {STEPS - 1}  # the logger's steps and the last
     for step in range(STEPS):
-        expected = everything if every_step or step in read else {"train/loss"}  # the progress bar's key
+        # between those steps only the progress bar's key, and only when a bar shows it
+        expected = everything if every_step or step in read else ({"train/loss"} if bar else set())
         assert logged[step] == expected, (step, logged[step])
 
     # the logger received every part of its steps, with the values of those steps
@@ -103,7 +111,9 @@ def test_progress_bar_values_are_host_copies_with_each_steps_values(tmp_path):
             seen_tensors.append(trainer.callback_metrics["train/loss_d"])
 
     data = DataLoader(image_dataset(24, 1, 16), batch_size=4)
-    trainer = quiet_trainer(tmp_path, max_steps=10, log_every_n_steps=4, callbacks=[Bar()])
+    trainer = quiet_trainer(
+        tmp_path, max_steps=10, log_every_n_steps=4, callbacks=[Bar()], enable_progress_bar=True
+    )
     trainer.fit(task, data)
     assert len(computed) == len(bar) == 5  # five iterations, two optimizer steps each
     for step_values, shown in zip(computed, bar, strict=True):
@@ -143,7 +153,13 @@ def test_cuda_progress_bar_shows_this_or_the_previous_steps_loss_from_host_memor
 
     loader = DataLoader(image_dataset(48, 1, 16), batch_size=4)
     trainer = quiet_trainer(
-        tmp_path, accelerator="gpu", devices=1, max_steps=20, log_every_n_steps=4, callbacks=[Bar()]
+        tmp_path,
+        accelerator="gpu",
+        devices=1,
+        max_steps=20,
+        log_every_n_steps=4,
+        callbacks=[Bar()],
+        enable_progress_bar=True,  # without a bar, the bar's keys are logged on the logger's steps only
     )
     trainer.fit(task, loader)
     computed = [float(v) for v in on_device]
