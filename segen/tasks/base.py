@@ -65,6 +65,17 @@ class _Check(NamedTuple):
         return _Check(name, values, finite, where, host, event)
 
 
+class _PendingChecks(list):
+    """The ``"raise"`` checks of the current optimizer step, not read yet. A copied or pickled task (SWA's deepcopy,
+    DDP spawn) starts with none: their CUDA events belong to this process's device queue and cannot be copied."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _PendingChecks:
+        return _PendingChecks()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _PendingChecks, ()
+
+
 def _copy_to_host(value: Tensor) -> tuple[Tensor, Any]:
     """A copy of ``value`` on the host, started without waiting: on CUDA a ``non_blocking`` copy into pinned memory
     and the CUDA event recorded after it (``event.synchronize()`` waits for this copy only, not for work queued
@@ -192,7 +203,7 @@ class SegenTask(LightningModule):
         self.skipped_steps = 0  # non-finite steps dropped under nan_policy="skip" (saved in checkpoints)
         self._consecutive_skips = 0
         self._buffers_before: list[tuple[Tensor, Tensor]] = []  # (buffer, copy) at the start of the step
-        self._pending_checks: list[_Check] = []  # "raise" checks not read yet (see loss_is_usable)
+        self._pending_checks = _PendingChecks()  # "raise" checks not read yet (see loss_is_usable)
         self._bar_copies = _HostCopies()  # progress-bar values on their way to the host (see log_train)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -329,7 +340,7 @@ class SegenTask(LightningModule):
     def settle_loss_checks(self) -> None:
         """Read the pending ``"raise"`` checks now (see :meth:`loss_is_usable`); raise if one was not finite."""
         if self._pending_checks:
-            pending, self._pending_checks = self._pending_checks, []
+            pending, self._pending_checks = self._pending_checks, _PendingChecks()
             self._settle(pending)
 
     def _settle(self, checks: list[_Check]) -> bool:

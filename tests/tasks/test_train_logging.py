@@ -21,7 +21,7 @@ from tiny_tasks import image_dataset
 from torch.utils.data import DataLoader
 
 from segen import SegmentationTask, ShapesDataModule, UNet
-from segen.tasks.base import _HostCopies
+from segen.tasks.base import _Check, _HostCopies
 
 STEPS, EVERY = 7, 3  # 10 batches per epoch, so no epoch ends inside the run
 
@@ -222,12 +222,21 @@ def test_host_copies_forget_the_oldest_when_the_device_falls_far_behind():
 
 
 def test_host_copies_start_empty_in_a_copied_or_pickled_task():
-    """SWA's deepcopy of the module and DDP spawn's pickling must not carry another process's copies in flight."""
+    """SWA's deepcopy of the module and DDP spawn's pickling must not carry another process's copies in flight,
+    nor the non-finite-loss guard's unread checks (whose CUDA events cannot be copied: a stand-in here)."""
+
+    class Uncopyable:
+        def __reduce__(self):
+            raise TypeError("a CUDA event cannot be pickled")
+
     task = SegmentationTask(num_classes=2, in_channels=1)
     task._bar_copies.put({"train/loss": torch.tensor(0.5)})
-    assert copy.deepcopy(task)._bar_copies._queue == []
-    assert pickle.loads(pickle.dumps(task))._bar_copies._queue == []
-    assert len(task._bar_copies._queue) == 1
+    check = _Check("loss", {}, torch.tensor(True), "step", torch.tensor([True, True]), Uncopyable())
+    task._pending_checks.append(check)
+    for again in (copy.deepcopy(task), pickle.loads(pickle.dumps(task))):
+        assert again._bar_copies._queue == [] and len(again._pending_checks) == 0
+        again._pending_checks.append(check)  # still the guard's list
+    assert len(task._bar_copies._queue) == 1 and task._pending_checks == [check]
 
 
 def test_a_progress_bar_value_must_be_one_number():
