@@ -104,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU: torch.cuda.set_sync_debug_mode only watches CUDA")
-    reports = [count_syncs(row, args.warmup, args.steps, args.nan_policy) for row in args.row]
-    report = "\n".join(reports)
-    return report
+    return "\n".join(count_syncs(row, args.warmup, args.steps, args.nan_policy) for row in args.row)
 
 
 def count_syncs(row: str, warmup: int, steps: int, nan_policy: str | None) -> str:
@@ -121,9 +119,8 @@ def count_syncs(row: str, warmup: int, steps: int, nan_policy: str | None) -> st
         # not the benchmarks' timed_fit: its step timer synchronises on purpose after every step
         fit = trainer(False, bench.max_steps or total, [counter], root, "gpu")
         fit.fit(task, DataLoader(list(bench.batches), batch_size=None, shuffle=False))
-    policy = task.hparams.get("nan_policy", "raise")
     lines = [
-        f"{bench.name} ({bench.setting}, nan_policy={policy}): host-device syncs in {counter.steps} steps "
+        f"{bench.name} ({bench.setting}, nan_policy={task.nan_policy}): host-device syncs in {counter.steps} steps "
         f"after {warmup} warm-up"
     ]
     lines += [
