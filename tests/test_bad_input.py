@@ -557,6 +557,34 @@ def test_a_nan_loss_under_gradient_accumulation_stops_before_the_accumulated_upd
     assert _all_finite(task, buffers=False)
 
 
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    "parts, finite",
+    [
+        (
+            [torch.tensor(1.0), torch.tensor(2.0, dtype=torch.float16), torch.tensor(3, dtype=torch.int64)],
+            True,
+        ),
+        ([torch.tensor(1.0), torch.tensor(INF, dtype=torch.float16)], False),
+        ([torch.tensor(NAN, dtype=torch.bfloat16), torch.tensor(1.0)], False),
+        ([torch.tensor(65504.0, dtype=torch.float16), torch.tensor(-1e38)], True),  # large is still finite
+        ([torch.tensor([NAN])], False),  # one element, not 0-d
+        ([torch.tensor(1.0), torch.ones(3, 4)], True),
+        ([torch.tensor(1.0), torch.tensor([[1.0, NAN], [0.0, 2.0]])], False),  # a part that is not one number
+        ([torch.ones(2), torch.tensor([0.0, -INF])], False),
+    ],
+)
+def test_the_guard_checks_every_element_of_every_part(parts, finite):
+    """The guard stacks the single-number parts into one check (fewer kernels per step); a part of any shape or
+    dtype must still be seen."""
+    from segen.tasks.base import _all_finite
+
+    flag = _all_finite(parts)
+    assert flag.shape == () and flag.dtype == torch.bool and bool(flag) is finite
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_skip_policy_drops_nan_steps_counts_them_and_keeps_weights_finite(family, tmp_path):
     task, trainer, data = _fit(FAMILIES[family], tmp_path, "skip", poison={1}, steps=3)
