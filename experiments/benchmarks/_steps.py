@@ -64,6 +64,7 @@ class StepBenchmark:
     max_steps: int | None = (
         None  # Trainer(max_steps=...) when it is not one per batch (GAN: two per iteration)
     )
+    segen: bool = True  # False: no segen code runs in it (Lightning's loop alone), so no goal applies
 
     def run_task(
         self,
@@ -486,6 +487,78 @@ def vq_benchmark(steps: int, sizes: str) -> StepBenchmark:
         run_plain=functools.partial(run_plain_vq, build),
     )
 
+
+# ---------------------------------------------------------------------------------------------------- Lightning alone
+EMPTY_LR = 1e-3
+
+
+class EmptyStep(LightningModule):
+    """The least a training step can be under the Trainer: one scalar weight per optimizer, a loss from the batch, its
+    gradient and an SGD step (two optimizers through manual optimization, as a GAN's D and G step). What it costs
+    over the same plain loop is Lightning's own loop per step: a floor that no task's step row can go under, so a
+    step row's extra time minus this one's is segen's."""
+
+    def __init__(self, optimizers: int = 1) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(torch.ones(())) for _ in range(optimizers)])
+        self.automatic_optimization = optimizers == 1
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images = batch[0]
+        if self.automatic_optimization:
+            return (self.weights[0] * images).mean()
+        for optimizer, weight in zip(self.optimizers(), self.weights, strict=True):
+            loss = (weight * images).mean()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss.detach()  # the last optimizer's, as the plain loop keeps it
+
+    def configure_optimizers(self) -> Any:
+        optimizers = [torch.optim.SGD([weight], lr=EMPTY_LR) for weight in self.weights]
+        return optimizers[0] if self.automatic_optimization else optimizers
+
+
+def run_plain_empty(optimizers: int, batches: Sequence[Batch], warmup: int, device: str) -> Run:
+    module = EmptyStep(optimizers).to(device)  # for its weights and their names only
+    steps = [(weight, torch.optim.SGD([weight], lr=EMPTY_LR)) for weight in module.weights]
+    clock, losses = LoopClock(warmup, len(batches), device), []
+    for step, (images, _) in enumerate(batches):
+        clock.tick(step)
+        images = images.to(device, non_blocking=True)
+        for weight, optimizer in steps:
+            loss = (weight * images).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        keep_loss(losses, loss)
+    return Run(clock.seconds(), as_floats(losses), float_state(module))
+
+
+def empty_benchmark(optimizers: int, steps: int, sizes: str) -> StepBenchmark:
+    """Lightning's loop alone, on the VAE rows' batches (the same batch transfer as theirs)."""
+    size = VAE_SIZES[sizes]
+    how = (
+        "one weight, automatic optimization"
+        if optimizers == 1
+        else f"{optimizers} weights, manual optimization"
+    )
+    return StepBenchmark(
+        name=f"Empty step ({how})",
+        setting=f"{size['image_size']} px digits, batch {size['batch_size']}",
+        batches=digits_batches(steps, size["batch_size"], size["image_size"]),
+        build_task=functools.partial(EmptyStep, optimizers),
+        run_plain=functools.partial(run_plain_empty, optimizers),
+        max_steps=steps * optimizers,
+        segen=False,
+    )
+
+
+# Lightning's own per-step cost, the floor under the step rows: `benchmark.py --only lightning`
+FLOOR_BENCHMARKS: dict[str, Callable[[int, str], StepBenchmark]] = {
+    "auto": functools.partial(empty_benchmark, 1),
+    "manual": functools.partial(empty_benchmark, 2),
+}
 
 STEP_BENCHMARKS: dict[str, Callable[[int, str], StepBenchmark]] = {
     "seg": seg_benchmark,
