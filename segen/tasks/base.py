@@ -80,13 +80,17 @@ class _PendingChecks(list):
 def _copy_to_host(value: Tensor) -> tuple[Tensor, Any]:
     """A copy of ``value`` on the host, started without waiting: on CUDA a ``non_blocking`` copy into pinned memory
     and the CUDA event recorded after it (``event.synchronize()`` waits for this copy only, not for work queued
-    later); on the CPU ``value`` itself (detached) and ``None``: the callers never write into it."""
-    if value.device.type != "cuda":
+    later); on another accelerator a complete copy and ``None``; on the CPU ``value`` itself (detached) and ``None``,
+    since it is on the host already and the callers never write into it."""
+    if value.device.type == "cpu":
         return value.detach(), None
-    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-    host.copy_(value, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
+    on_cuda = value.device.type == "cuda"
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=on_cuda)
+    host.copy_(value, non_blocking=on_cuda)
+    event = None
+    if on_cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(value.device))  # the stream the copy was queued on
     return host, event
 
 
