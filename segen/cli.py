@@ -170,9 +170,13 @@ class SegenCLI(LightningCLI):
           fail with a parser error about some option, or silently switch the model to the checkpoint's class);
         - skip the merge for a checkpoint written from Python (no ``_class_path`` among its hyper-parameters), which
           LightningCLI cannot merge (a parser error); the config's model is used, and the task's checkpoint checks
-          name any setting that does not fit.
+          name any setting that does not fit;
+        - merge only the hyper-parameters the checkpoint's class takes as ``__init__`` arguments. A task may record
+          more (``MaskToImageTask`` keeps its fixed GAN settings, ``loss="hinge"`` and others, for the GAN code that
+          reads them); LightningCLI would pass those to ``__init__`` too, which refuses them, and a run could then
+          be resumed only with ``--ckpt_path last``, never with the checkpoint's path.
 
-        (Overrides a private LightningCLI hook, pinned by tests/test_bad_input.py.)"""
+        (Overrides a private LightningCLI hook, pinned by tests/test_bad_input.py and tests/test_cli.py.)"""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
@@ -186,9 +190,20 @@ class SegenCLI(LightningCLI):
         if record is not None and class_path:
             check_checkpoint_class(record, _import_class(class_path), f"--ckpt_path {ckpt_path}")
         hparams = checkpoint.get("hyper_parameters")
-        if isinstance(hparams, dict) and "_class_path" not in hparams:
-            return None
-        return super()._parse_ckpt_path()
+        if not isinstance(hparams, dict) or "_class_path" not in hparams:
+            return None if isinstance(hparams, dict) else super()._parse_ckpt_path()
+        hparams = {key: value for key, value in hparams.items() if key != "_instantiator"}
+        saved_class = hparams.pop("_class_path")
+        taken = init_arguments(_import_class(saved_class))
+        if taken is not None:
+            hparams = {key: value for key, value in hparams.items() if key in taken}
+        merged = {subcommand: {"model": {"class_path": saved_class, "dict_kwargs": hparams}}}
+        try:
+            self.config = self.parser.parse_object(merged, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the hyper-parameters of --ckpt_path {ckpt_path} failed\n")
+            raise
+        return None
 
     # ------------------------------------------------------------------ trainer defaults
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -352,6 +367,25 @@ class SegenCLI(LightningCLI):
             print(f"Last checkpoint: {last}")
         print("Final validation metrics:")
         print(format_metrics_table(self.trainer.callback_metrics, "val/"), flush=True)
+
+
+def init_arguments(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls.__init__`` takes, with its bases' while it passes ``**kwargs`` on to them
+    (``LightningModule`` and torch's classes add none); ``None`` if that cannot be told (no base stops the chain)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        if klass in (object, LightningModule) or klass.__module__.startswith("torch."):
+            return names
+        parameters = inspect.signature(init).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {
+            "self"
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
 
 
 def _import_class(class_path: str) -> type:

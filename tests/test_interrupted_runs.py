@@ -257,3 +257,25 @@ def test_a_real_process_killed_with_sigterm_resumes_where_it_stopped(tmp_path, o
     unbroken = fit(spec.args(tmp_path / "unbroken", *stop_early))
     assert resumed.trainer.global_step == unbroken.trainer.global_step == step + 2
     assert_same_tensors(final_state(root)["state_dict"], final_state(tmp_path / "unbroken")["state_dict"])
+
+
+def test_a_run_resumes_from_its_checkpoint_file_too(tmp_path, one_thread):
+    """``--ckpt_path <file>`` (not ``last``) makes LightningCLI merge the checkpoint's hyper-parameters into the
+    config. MaskToImageTask records GAN settings that are not its arguments (``loss="hinge"``, ...); merged as they
+    were, ``__init__`` refused them (``unexpected keyword argument 'loss'``) and the run could not be resumed."""
+    spec = FAMILIES["mask_to_image"]
+    extra = [f"--model.segmenter={segmenter_checkpoint(tmp_path)}"]
+    root = tmp_path / "run"
+    first = fit(spec.args(root, *extra, f"--trainer.max_steps={spec.every}"))
+    assert first.trainer.global_step == spec.every
+    last = find_last_checkpoint(root)
+    assert (
+        torch.load(last, weights_only=True)["hyper_parameters"]["loss"] == "hinge"
+    )  # recorded, not an argument
+    resumed = fit(spec.args(root, *extra, f"--ckpt_path={last}"))
+    assert resumed.trainer.ckpt_path == str(last)
+    assert resumed.trainer.global_step == spec.steps
+    assert (
+        resumed.model.hparams.loss == "hinge"
+        and resumed.model.hparams.latent_dim == first.model.hparams.latent_dim
+    )
