@@ -279,3 +279,6 @@ def test_a_run_resumes_from_its_checkpoint_file_too(tmp_path, one_thread):
         resumed.model.hparams.loss == "hinge"
         and resumed.model.hparams.latent_dim == first.model.hparams.latent_dim
     )
+    unbroken = fit(spec.args(tmp_path / "unbroken", *extra))
+    assert unbroken.trainer.global_step == spec.steps
+    assert_same_tensors(final_state(tmp_path / "unbroken")["state_dict"], final_state(root)["state_dict"])
