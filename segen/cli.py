@@ -176,7 +176,7 @@ class SegenCLI(LightningCLI):
           reads them); LightningCLI would pass those to ``__init__`` too, which refuses them, and a run could then
           be resumed only with ``--ckpt_path last``, never with the checkpoint's path.
 
-        (Overrides a private LightningCLI hook, pinned by tests/test_bad_input.py and tests/test_cli.py.)"""
+        (Overrides a private LightningCLI hook, pinned by tests/test_bad_input.py and tests/test_interrupted_runs.py.)"""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
