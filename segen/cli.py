@@ -191,7 +191,7 @@ class SegenCLI(LightningCLI):
             check_checkpoint_class(record, _import_class(class_path), f"--ckpt_path {ckpt_path}")
         hparams = checkpoint.get("hyper_parameters")
         if not isinstance(hparams, dict) or "_class_path" not in hparams:
-            return None if isinstance(hparams, dict) else super()._parse_ckpt_path()
+            return None
         hparams = {key: value for key, value in hparams.items() if key != "_instantiator"}
         saved_class = hparams.pop("_class_path")
         taken = init_arguments(_import_class(saved_class))
@@ -405,11 +405,11 @@ class _AcceptedLinksInstantiator(_InstantiatorFn):
     """Lightning's instantiator, given only the linked shape arguments that ``class_type.__init__`` accepts."""
 
     def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
-        parameters = inspect.signature(class_type.__init__).parameters
+        taken = init_arguments(class_type)
         accepted = {
             key: value
             for key, value in applied_instantiation_links.items()
-            if not key.startswith(f"{self.key}.") or key.rsplit(".", 1)[-1] in parameters
+            if taken is None or not key.startswith(f"{self.key}.") or key.rsplit(".", 1)[-1] in taken
         }
         return super().__call__(class_type, *args, applied_instantiation_links=accepted, **kwargs)
 

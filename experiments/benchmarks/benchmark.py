@@ -162,7 +162,7 @@ def bench_rows(bench: StepBenchmark, args: argparse.Namespace) -> list[Row]:
                 else "— (Lightning's own: the floor of the step rows)",
                 delta=result.delta,
                 delta_note=result.checked,
-                passed=result.ratio <= goal and result.delta <= tolerance if bench.segen else None,
+                passed=(result.ratio <= goal and result.delta <= tolerance) if bench.segen else None,
             )
         )
     return rows
